@@ -1,0 +1,70 @@
+"""API-key authentication: ``X-API-Key`` (or HTTP Basic with the key as password), scoped to one account."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Final
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from qlara_events.errors import Forbidden, Unauthorized
+from qlara_events.http import Handler
+from qlara_events.store.accounts import Principal, authenticate
+
+PREFIX: Final = "/partner-gateway/v1"
+PUBLIC_PATHS: Final = frozenset({f"{PREFIX}/openapi.json"})
+POOL: Final = web.AppKey("api_pool", asyncpg.Pool)
+PRINCIPAL: Final = "qlara.principal"
+
+
+def get_pool(app: web.Application) -> asyncpg.Pool:
+    """The API's Postgres pool."""
+    return app[POOL]
+
+
+def principal(request: web.Request) -> Principal:
+    """The authenticated caller of a request (set by the middleware)."""
+    p: Principal = request[PRINCIPAL]
+    return p
+
+
+def require_channel(request: web.Request, channel: str) -> None:
+    """403 when the caller's key is restricted to other channels."""
+    ops = principal(request).operations
+    if ops is not None and channel not in ops:
+        raise Forbidden(f"this API key is not allowed to use {channel}")
+
+
+def _raw_key(request: web.Request) -> str | None:
+    key = request.headers.get("X-API-Key")
+    if key:
+        return key.strip()
+    auth = request.headers.get("Authorization", "")
+    if auth[:6].lower() == "basic ":
+        try:
+            _, _, password = base64.b64decode(auth[6:].strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise Unauthorized("malformed Basic credentials") from None
+        return password or None
+    return None
+
+
+@web.middleware
+async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate every Platform API request; others pass through untouched."""
+    if not request.path.startswith(PREFIX + "/") or request.path in PUBLIC_PATHS:
+        return await handler(request)
+    raw = _raw_key(request)
+    if not raw:
+        raise Unauthorized("missing API key: send it in the X-API-Key header")
+    if len(raw) > 256:
+        raise Unauthorized("invalid API key")
+    found = await authenticate(get_pool(request.app), raw)
+    if found is None:
+        raise Unauthorized("invalid API key")
+    request[PRINCIPAL] = found
+    structlog.contextvars.bind_contextvars(account_id=found.account_id)
+    return await handler(request)

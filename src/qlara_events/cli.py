@@ -1,0 +1,179 @@
+"""``qlara-events``: serve the roles, migrate the database, manage accounts.
+
+With no environment set every command points at the local infrastructure ``make run`` starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+
+from qlara_events import __version__, logs
+from qlara_events.config import ConfigError, Settings
+from qlara_events.kafka import ensure_topics
+from qlara_events.server import ROLES, build_app
+from qlara_events.store import accounts
+from qlara_events.store.db import create_pool
+from qlara_events.store.migrate import migrate
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    try:
+        return Settings.from_env(os.environ, dev_secrets=getattr(args, "dev", False))
+    except ConfigError as exc:
+        sys.exit(f"configuration error: {exc.message}")
+
+
+async def _migrate(settings: Settings) -> list[str]:
+    pool = await create_pool(settings, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            return await migrate(conn)
+    finally:
+        await pool.close()
+
+
+async def _dev_key(settings: Settings, key_file: Path) -> str:
+    """The development API key: reused from ``key_file`` while it is valid, else a new demo account's."""
+    pool = await create_pool(settings, max_size=2)
+    try:
+        if key_file.exists():
+            raw = key_file.read_text().strip()
+            if raw and await accounts.authenticate(pool, raw) is not None:
+                return raw
+        async with pool.acquire() as conn:
+            _, raw = await accounts.create_account(conn, "development")
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(raw + "\n")
+        key_file.chmod(0o600)
+        return raw
+    finally:
+        await pool.close()
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    """Run one role or all of them in this process."""
+    settings = _settings(args)
+    logs.configure(settings.log_level, settings.log_format)
+    roles = ROLES if args.role == "all" else (args.role,)
+    dev_key: str | None = None
+
+    async def prepare() -> None:
+        nonlocal dev_key
+        if args.migrate:
+            await _migrate(settings)
+            await ensure_topics(settings)
+        if args.dev_key_file:
+            dev_key = await _dev_key(settings, Path(args.dev_key_file))
+
+    asyncio.run(prepare())
+    app = build_app(settings, roles)
+
+    def announce(_: str) -> None:
+        base = f"http://{settings.http_host}:{settings.http_port}"
+        lines = [f"qlara-events {__version__}: roles {', '.join(roles)}", f"base URL: {base}"]
+        if dev_key:
+            lines.append(f"development API key: {dev_key}")
+        if args.dev:
+            lines.append("development secrets for unset provider tokens: see docs/configuration.md")
+        lines.append(f"ready on {base} (Ctrl-C to stop)")
+        print("\n".join(lines), flush=True)
+
+    web.run_app(app, host=settings.http_host, port=settings.http_port, print=announce,
+                shutdown_timeout=15, access_log=None, handle_signals=True)
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    """Apply pending database migrations (and create Kafka topics with --topics)."""
+    settings = _settings(args)
+    logs.configure(settings.log_level, settings.log_format)
+    applied = asyncio.run(_migrate(settings))
+    print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+    if args.topics:
+        asyncio.run(ensure_topics(settings))
+        print(f"topics ready: {', '.join(settings.topics.all())}")
+
+
+def cmd_accounts_create(args: argparse.Namespace) -> None:
+    """Create an account and print its id and first API key (shown only here)."""
+    settings = _settings(args)
+
+    async def run() -> tuple[str, str]:
+        pool = await create_pool(settings, max_size=2)
+        try:
+            async with pool.acquire() as conn:
+                return await accounts.create_account(conn, args.name)
+        finally:
+            await pool.close()
+
+    account_id, raw = asyncio.run(run())
+    sys.stdout.write(orjson.dumps({"accountId": account_id, "apiKey": raw}).decode() + "\n")
+
+
+def cmd_senders_add(args: argparse.Namespace) -> None:
+    """Route inbound messages sent to an address (a number or agent id) to an account."""
+    settings = _settings(args)
+
+    async def run() -> None:
+        pool = await create_pool(settings, max_size=2)
+        try:
+            await pool.execute(
+                "insert into sender_addresses (channel, address, account_id) values ($1, $2, $3)"
+                " on conflict (channel, address) do update set account_id = excluded.account_id",
+                args.channel, args.address, args.account,
+            )
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
+    print(f"inbound {args.channel} messages to {args.address} now belong to account {args.account}")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    p = argparse.ArgumentParser(prog="qlara-events", description=__doc__)
+    p.add_argument("--version", action="version", version=__version__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the service")
+    serve.add_argument("--role", choices=("all", *ROLES), default="all")
+    serve.add_argument("--dev", action="store_true",
+                       help="fill unset provider secrets with the development values of docs/configuration.md")
+    serve.add_argument("--migrate", action="store_true", help="apply migrations and create topics first")
+    serve.add_argument("--dev-key-file", help="print a development API key, kept in this file")
+    serve.set_defaults(func=cmd_serve)
+
+    mig = sub.add_parser("migrate", help="apply database migrations")
+    mig.add_argument("--topics", action="store_true", help="also create the Kafka topics")
+    mig.set_defaults(func=cmd_migrate)
+
+    acc = sub.add_parser("accounts", help="manage accounts").add_subparsers(dest="action", required=True)
+    create = acc.add_parser("create", help="create an account and its first API key")
+    create.add_argument("--name", required=True)
+    create.set_defaults(func=cmd_accounts_create)
+
+    snd = sub.add_parser("senders", help="route inbound addresses to accounts").add_subparsers(
+        dest="action", required=True)
+    add = snd.add_parser("add", help="route an address to an account")
+    add.add_argument("--account", required=True)
+    add.add_argument("--channel", required=True, choices=("SMS", "RCS", "WHATSAPP"))
+    add.add_argument("--address", required=True, help="E.164 number, WhatsApp number or RBM agent id")
+    add.set_defaults(func=cmd_senders_add)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point."""
+    args = parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

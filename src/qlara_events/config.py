@@ -1,0 +1,185 @@
+"""Typed settings, parsed once from the environment and passed in (nothing else reads ``os.environ``).
+
+Every variable is documented in docs/configuration.md. Defaults point at the local infrastructure that
+``make run`` starts, so every command works on a development machine with nothing set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Final
+
+from qlara_events.errors import QlaraError
+
+VONAGE_METHODS: Final = ("md5hash", "md5", "sha1", "sha256", "sha512")
+
+#: Development secrets used by ``serve --dev`` (``make run``) for providers whose secret is unset.
+#: Never used unless asked for; documented in docs/configuration.md so curl examples can sign with them.
+DEV_SECRETS: Final[Mapping[str, str]] = {
+    "QLARA_INGEST_SECRET": "whsec_ZGV2LWluZ2VzdC1zZWNyZXQtcWxhcmEtZXZlbnRzLTAx",
+    "QLARA_TWILIO_AUTH_TOKEN": "dev-twilio-auth-token",
+    "QLARA_VONAGE_SIGNATURE_SECRET": "dev-vonage-signature-secret",
+    "QLARA_INFOBIP_TOKEN": "dev-infobip-token",
+    "QLARA_WHATSAPP_APP_SECRET": "dev-whatsapp-app-secret",
+    "QLARA_WHATSAPP_VERIFY_TOKEN": "dev-whatsapp-verify-token",
+    "QLARA_RBM_CLIENT_TOKEN": "dev-rbm-client-token",
+    "QLARA_JASMIN_TOKEN": "dev-jasmin-token",
+}
+
+DEFAULT_DATABASE_URL: Final = "postgresql://postgres@127.0.0.1:55432/qlara"
+DEFAULT_KAFKA_BOOTSTRAP: Final = "127.0.0.1:9092"
+
+
+class ConfigError(QlaraError):
+    """An environment variable has a value the service cannot use."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Topics:
+    """Kafka topic names; a prefix isolates test runs that share one broker."""
+
+    prefix: str = ""
+
+    @property
+    def delivery_events(self) -> str:
+        """Canonical events accepted by the ingress."""
+        return f"{self.prefix}qlara.delivery-events"
+
+    @property
+    def status_changes(self) -> str:
+        """Real status transitions, produced by the projector for the dispatcher."""
+        return f"{self.prefix}qlara.status-changes"
+
+    @property
+    def ingest_rejected(self) -> str:
+        """Authenticated payloads that failed validation, kept raw with their headers."""
+        return f"{self.prefix}qlara.ingest-rejected"
+
+    @property
+    def send_requests(self) -> str:
+        """Work for the upstream sending services."""
+        return f"{self.prefix}qlara.send-requests"
+
+    def all(self) -> tuple[str, ...]:
+        """Every topic the service uses."""
+        return (self.delivery_events, self.status_changes, self.ingest_rejected, self.send_requests)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything configurable, with development defaults."""
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    public_base_url: str = ""
+    kafka_bootstrap: str = DEFAULT_KAFKA_BOOTSTRAP
+    topics: Topics = Topics()
+    topic_partitions: int = 6
+    topic_replication: int = 1
+    database_url: str = DEFAULT_DATABASE_URL
+    db_pool_max: int = 10
+
+    ingest_secret: str | None = None
+    twilio_auth_token: str | None = None
+    vonage_signature_secret: str | None = None
+    vonage_signature_method: str = "md5hash"
+    infobip_token: str | None = None
+    whatsapp_app_secret: str | None = None
+    whatsapp_verify_token: str | None = None
+    rbm_client_token: str | None = None
+    jasmin_token: str | None = None
+
+    ingest_max_body_bytes: int = 1024 * 1024
+    ingest_max_events: int = 1000
+    ingest_timestamp_tolerance_s: int = 300
+    #: How long a request waits for Kafka to acknowledge its events before answering 503.
+    ingest_produce_timeout_s: float = 10.0
+    ingest_retry_after_s: int = 5
+
+    projector_batch_max: int = 1000
+    projector_batch_wait_ms: int = 50
+    consumer_group_projector: str = "qlara-projector"
+
+    log_level: str = "info"
+    log_format: str = "json"
+
+    @property
+    def base_url(self) -> str:
+        """The public base URL providers call (used to check URL-based signatures)."""
+        return self.public_base_url or f"http://{self.http_host}:{self.http_port}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], *, dev_secrets: bool = False) -> Settings:
+        """Parse settings from an environment mapping; ``dev_secrets`` fills unset secrets for ``make run``."""
+        e = dict(env)
+        if dev_secrets:
+            for k, v in DEV_SECRETS.items():
+                if not e.get(k):
+                    e[k] = v
+
+        def opt(name: str) -> str | None:
+            v = e.get(name, "").strip()
+            return v or None
+
+        method = (opt("QLARA_VONAGE_SIGNATURE_METHOD") or "md5hash").lower()
+        if method not in VONAGE_METHODS:
+            raise ConfigError(f"QLARA_VONAGE_SIGNATURE_METHOD must be one of {', '.join(VONAGE_METHODS)}")
+        ingest_secret = opt("QLARA_INGEST_SECRET")
+        if ingest_secret is not None and not ingest_secret.startswith("whsec_"):
+            raise ConfigError("QLARA_INGEST_SECRET must be a Standard Webhooks secret: whsec_ + base64")
+        log_format = (opt("QLARA_LOG_FORMAT") or "json").lower()
+        if log_format not in ("json", "console"):
+            raise ConfigError("QLARA_LOG_FORMAT must be json or console")
+        return cls(
+            http_host=opt("QLARA_HTTP_HOST") or "127.0.0.1",
+            http_port=_int(e, "QLARA_HTTP_PORT", 8080, 0, 65535),
+            public_base_url=(opt("QLARA_PUBLIC_BASE_URL") or "").rstrip("/"),
+            kafka_bootstrap=opt("QLARA_KAFKA_BOOTSTRAP") or DEFAULT_KAFKA_BOOTSTRAP,
+            topics=Topics(prefix=opt("QLARA_KAFKA_TOPIC_PREFIX") or ""),
+            topic_partitions=_int(e, "QLARA_KAFKA_PARTITIONS", 6, 1, 10_000),
+            topic_replication=_int(e, "QLARA_KAFKA_REPLICATION", 1, 1, 16),
+            database_url=opt("QLARA_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            db_pool_max=_int(e, "QLARA_DB_POOL_MAX", 10, 2, 1000),
+            ingest_secret=ingest_secret,
+            twilio_auth_token=opt("QLARA_TWILIO_AUTH_TOKEN"),
+            vonage_signature_secret=opt("QLARA_VONAGE_SIGNATURE_SECRET"),
+            vonage_signature_method=method,
+            infobip_token=opt("QLARA_INFOBIP_TOKEN"),
+            whatsapp_app_secret=opt("QLARA_WHATSAPP_APP_SECRET"),
+            whatsapp_verify_token=opt("QLARA_WHATSAPP_VERIFY_TOKEN"),
+            rbm_client_token=opt("QLARA_RBM_CLIENT_TOKEN"),
+            jasmin_token=opt("QLARA_JASMIN_TOKEN"),
+            ingest_produce_timeout_s=_float(e, "QLARA_INGEST_PRODUCE_TIMEOUT", 10.0, 0.1, 300.0),
+            projector_batch_max=_int(e, "QLARA_PROJECTOR_BATCH_MAX", 1000, 1, 100_000),
+            projector_batch_wait_ms=_int(e, "QLARA_PROJECTOR_BATCH_WAIT_MS", 50, 0, 60_000),
+            consumer_group_projector=opt("QLARA_PROJECTOR_GROUP") or "qlara-projector",
+            log_level=(opt("QLARA_LOG_LEVEL") or "info").lower(),
+            log_format=log_format,
+        )
+
+
+def _int(e: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = e.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer") from None
+    if not lo <= v <= hi:
+        raise ConfigError(f"{name} must be between {lo} and {hi}")
+    return v
+
+
+def _float(e: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    raw = e.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        v = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number") from None
+    if not lo <= v <= hi:
+        raise ConfigError(f"{name} must be between {lo} and {hi}")
+    return v

@@ -1,0 +1,142 @@
+"""HTTP plumbing shared by every role: errors as JSON, request ids, metrics, health and readiness.
+
+One middleware translates :class:`~qlara_events.errors.QlaraError` (and aiohttp's own HTTP errors) into the
+JSON body ``{"status", "error", "message"}``; views never build error responses themselves.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Final
+
+import orjson
+import structlog
+from aiohttp import web
+
+from qlara_events import metrics
+from qlara_events.errors import PayloadTooLarge, QlaraError, Unavailable
+from qlara_events.logs import get_logger
+
+log = get_logger("http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ReadinessCheck = Callable[[], Awaitable[None]]
+
+READINESS_CHECKS: Final = web.AppKey("readiness_checks", list[tuple[str, ReadinessCheck]])
+ROLE: Final = web.AppKey("role", str)
+
+
+def json_response(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON response serialised with orjson."""
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra: object) -> web.Response:
+    """The documented error body for ``status``."""
+    body = {"status": status, "error": HTTPStatus(status).phrase, "message": message, **extra}
+    return json_response(body, status=status, headers=headers)
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind a request id to every log line of the request, time it and count it."""
+    rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    if len(rid) > 128:
+        rid = uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=rid)
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    role = request.app.get(ROLE, "all")
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers["X-Request-Id"] = rid
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        metrics.HTTP_REQUESTS.labels(role, route, str(status)).inc()
+        metrics.HTTP_LATENCY.labels(role, route).observe(elapsed)
+        if status >= 500 or route == "unmatched":
+            log.info("http_request", method=request.method, route=route, status=status,
+                     duration_ms=round(elapsed * 1000, 2))
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every error into the documented JSON body; never leak a traceback."""
+    try:
+        return await handler(request)
+    except Unavailable as exc:
+        return json_response(exc.body(), status=exc.status, headers={"Retry-After": str(exc.retry_after)})
+    except QlaraError as exc:
+        return json_response(exc.body(), status=exc.status)
+    except web.HTTPRequestEntityTooLarge:
+        return json_response(PayloadTooLarge("request body too large").body(), status=413)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return error_response(exc.status, message or exc.reason, headers=headers or None)
+    except Exception:
+        log.exception("unhandled_error", method=request.method, path=request.path)
+        return error_response(500, "internal error; retry after a short delay")
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    """Prometheus exposition."""
+    body, content_type = metrics.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: every dependency this role needs answers (Kafka, Postgres)."""
+    results: dict[str, str] = {}
+    ok = True
+    for name, check in request.app.get(READINESS_CHECKS, []):
+        try:
+            await check()
+            results[name] = "ok"
+        except Exception as exc:  # -- any failure means not ready; its text is the diagnosis
+            ok = False
+            results[name] = f"unavailable: {type(exc).__name__}: {exc}"[:300]
+    return json_response({"status": "ok" if ok else "unavailable", "checks": results}, status=200 if ok else 503)
+
+
+def base_app(role: str) -> web.Application:
+    """An application with the shared middleware and the operational routes."""
+    # client_max_size is a backstop: ingest views enforce their own, smaller limits while streaming.
+    app = web.Application(middlewares=[request_context, errors_as_json], client_max_size=64 * 1024 * 1024)
+    app[ROLE] = role
+    app[READINESS_CHECKS] = []
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, refusing with 413 as soon as it exceeds ``limit`` bytes (never buffered past it)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

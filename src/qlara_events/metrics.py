@@ -1,0 +1,69 @@
+"""Every Prometheus metric, defined once (names follow Prometheus conventions).
+
+One process-wide default registry: a process runs one or all roles, and each role only touches its own
+series. ``/metrics`` on every role serves :func:`render`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+HTTP_REQUESTS = Counter(
+    "qlara_http_requests_total", "HTTP requests served, by route and status code.", ["role", "route", "code"]
+)
+HTTP_LATENCY = Histogram(
+    "qlara_http_request_duration_seconds", "HTTP request latency by route.", ["role", "route"],
+    buckets=LATENCY_BUCKETS,
+)
+INGEST_REQUESTS = Counter(
+    "qlara_ingest_requests_total",
+    "Ingest requests by provider (or 'canonical') and outcome "
+    "(accepted, handshake, unauthorized, rejected, too_large, unavailable, disabled).",
+    ["provider", "outcome"],
+)
+INGEST_EVENTS = Counter(
+    "qlara_ingest_events_total", "Events accepted into Kafka by provider, channel and event type.",
+    ["provider", "channel", "type"],
+)
+PRODUCE_LATENCY = Histogram(
+    "qlara_kafka_produce_seconds", "Time from produce to broker acknowledgement of a request's events.",
+    ["topic"], buckets=LATENCY_BUCKETS,
+)
+INGEST_DEAD_LETTERS = Counter(
+    "qlara_ingest_rejected_total", "Authenticated payloads kept in the rejected-ingest topic.", ["provider"]
+)
+PROJECTOR_BATCH_SIZE = Histogram(
+    "qlara_projector_batch_events", "Events per projector batch.",
+    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+)
+PROJECTOR_BATCH_DURATION = Histogram(
+    "qlara_projector_batch_seconds", "Time to apply one batch in Postgres (one transaction).",
+    buckets=LATENCY_BUCKETS,
+)
+PROJECTOR_EVENTS = Counter(
+    "qlara_projector_events_total",
+    "Events applied by the projector by type and effect (applied, duplicate, orphaned, superseded, ...).",
+    ["type", "effect"],
+)
+PROJECTOR_RETRIES = Counter(
+    "qlara_projector_batch_retries_total", "Batches retried after a transient database error.", ["reason"]
+)
+TRANSITIONS = Counter(
+    "qlara_status_transitions_total", "Real status transitions by new status and channel.", ["status", "channel"]
+)
+CONSUMER_LAG = Gauge(
+    "qlara_consumer_lag_messages", "Messages behind the log end, per consumer group and partition.",
+    ["group", "topic", "partition"],
+)
+ORPHANS = Gauge(
+    "qlara_orphan_receipts", "Receipts waiting for their message.submitted (kept, applied when it arrives)."
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text and its content type."""
+    return generate_latest(), CONTENT_TYPE_LATEST

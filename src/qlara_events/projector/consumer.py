@@ -1,0 +1,194 @@
+"""The projector loop: read a batch, apply it in one transaction, then commit its offsets.
+
+Offsets are committed only after the transaction that applied the batch committed, and every write is
+idempotent, so a crash anywhere replays at most one batch and changes nothing twice. Transient database
+errors (deadlock between two projectors, a restarting Postgres) retry the same batch with backoff; the
+loop never skips a record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Sequence
+
+import asyncpg
+import orjson
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from qlara_events import metrics
+from qlara_events.config import Settings
+from qlara_events.domain.events import parse_event
+from qlara_events.errors import InvalidEvent
+from qlara_events.kafka import HEADER_RECEIVED_AT, HEADER_VIA, header, make_consumer, make_producer
+from qlara_events.logs import get_logger
+from qlara_events.projector.outbox import relay
+from qlara_events.store.projection import Incoming, apply_batch
+
+log = get_logger("projector")
+
+SQL_UNREADABLE = """
+insert into unreadable_records (topic, partition, "offset", key, value, error)
+select * from unnest($1::text[], $2::int[], $3::bigint[], $4::bytea[], $5::bytea[], $6::text[])
+on conflict do nothing
+"""
+
+#: Errors worth retrying the same batch for: the database is restarting, or two projectors deadlocked.
+TRANSIENT = (
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    OSError,
+    TimeoutError,
+)
+
+
+def decode(records: Sequence[ConsumerRecord[bytes, bytes]]) -> tuple[list[Incoming], list[tuple[ConsumerRecord[bytes, bytes], str]]]:
+    """Parse records into events; unreadable ones come back separately with the reason."""
+    good: list[Incoming] = []
+    bad: list[tuple[ConsumerRecord[bytes, bytes], str]] = []
+    for rec in records:
+        hdrs = list(rec.headers or ())
+        try:
+            event = parse_event(orjson.loads(rec.value or b""))
+            raw_at = header(hdrs, HEADER_RECEIVED_AT)
+            received_at = dt.datetime.fromisoformat(raw_at) if raw_at else dt.datetime.fromtimestamp(
+                rec.timestamp / 1000, dt.UTC)
+        except (orjson.JSONDecodeError, InvalidEvent, ValueError) as exc:
+            bad.append((rec, str(exc)))
+            continue
+        good.append(Incoming(event, header(hdrs, HEADER_VIA) or "unknown", received_at))
+    return good, bad
+
+
+class Projector:
+    """One projector consumer; run several processes to scale up to the topic's partition count."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._stopping = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self.batches = 0
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop` is called; the batch in hand is finished and committed first."""
+        s = self._settings
+        self._consumer = make_consumer(s, s.topics.delivery_events, group_id=s.consumer_group_projector,
+                                       client_id="qlara-projector")
+        self._producer = make_producer(s, client_id="qlara-projector")
+        await _start_with_retry(self._producer.start, self._stopping)
+        await _start_with_retry(self._consumer.start, self._stopping)
+        last_relay = 0.0
+        try:
+            while not self._stopping.is_set():
+                batch = await self._consumer.getmany(timeout_ms=200, max_records=s.projector_batch_max)
+                records = [r for recs in batch.values() for r in recs]
+                if records:
+                    await self._apply(records)
+                    await self._commit(batch)
+                    await self._relay()
+                    last_relay = time.monotonic()
+                    self._update_lag(batch)
+                elif time.monotonic() - last_relay > 1.0:
+                    # Leftovers of a projector that crashed between commit and relay.
+                    await self._relay()
+                    last_relay = time.monotonic()
+        finally:
+            await self._consumer.stop()
+            await self._producer.stop()
+
+    def stop(self) -> None:
+        """Ask the loop to stop after the current batch."""
+        self._stopping.set()
+
+    async def _apply(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        good, bad = decode(records)
+        structlog.contextvars.bind_contextvars(batch_first_event=good[0].event.id if good else None)
+        delay = 0.1
+        while True:
+            started = time.perf_counter()
+            try:
+                async with self._pool.acquire() as conn:
+                    result = await apply_batch(conn, good)
+                    if bad:
+                        await conn.execute(SQL_UNREADABLE, *_unreadable_columns(bad))
+                break
+            except TRANSIENT as exc:
+                metrics.PROJECTOR_RETRIES.labels(type(exc).__name__).inc()
+                log.warning("batch_retry", error=repr(exc), events=len(good), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self.batches += 1
+        metrics.PROJECTOR_BATCH_SIZE.observe(len(records))
+        metrics.PROJECTOR_BATCH_DURATION.observe(time.perf_counter() - started)
+        for (typ, effect), n in result.effects.items():
+            metrics.PROJECTOR_EVENTS.labels(typ, effect).inc(n)
+        for t in result.transitions:
+            metrics.TRANSITIONS.labels(t["status"], t["channel"]).inc()
+        if bad:
+            log.error("unreadable_records", count=len(bad), first_error=bad[0][1])
+        structlog.contextvars.unbind_contextvars("batch_first_event")
+
+    async def _commit(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        assert self._consumer is not None
+        offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs}
+        try:
+            await self._consumer.commit(offsets)
+        except CommitFailedError as exc:
+            # A rebalance took the partitions away; their new owner replays the batch, harmlessly.
+            log.warning("commit_failed_rebalanced", error=str(exc))
+
+    async def _relay(self) -> None:
+        assert self._producer is not None
+        delay = 0.1
+        while True:
+            try:
+                await relay(self._pool, self._producer, self._settings.topics.status_changes)
+                return
+            except (*TRANSIENT, KafkaError) as exc:
+                if self._stopping.is_set():
+                    # The rows stay in the outbox; the next projector to run relays them.
+                    log.warning("outbox_relay_deferred", error=repr(exc))
+                    return
+                log.warning("outbox_relay_retry", error=repr(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _update_lag(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        assert self._consumer is not None
+        for tp, recs in batch.items():
+            high = self._consumer.highwater(tp)
+            if high is not None and recs:
+                metrics.CONSUMER_LAG.labels(self._settings.consumer_group_projector, tp.topic,
+                                            str(tp.partition)).set(max(high - recs[-1].offset - 1, 0))
+
+
+def _unreadable_columns(bad: list[tuple[ConsumerRecord[bytes, bytes], str]]) -> list[list[object]]:
+    return [
+        [r.topic for r, _ in bad], [r.partition for r, _ in bad], [r.offset for r, _ in bad],
+        [r.key for r, _ in bad], [r.value for r, _ in bad], [e for _, e in bad],
+    ]
+
+
+async def _start_with_retry(start: object, stopping: asyncio.Event) -> None:
+    """Start a Kafka client, retrying while the broker is not up yet."""
+    delay = 0.5
+    while True:
+        try:
+            await start()  # type: ignore[operator]  # -- a bound start() coroutine function
+            return
+        except KafkaError as exc:
+            if stopping.is_set():
+                raise
+            log.warning("kafka_connect_failed", error=str(exc), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)

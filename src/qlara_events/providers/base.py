@@ -1,0 +1,108 @@
+"""What every provider module implements: verify a callback, then normalise it to canonical events.
+
+Provider modules are pure: they see a :class:`Callback` (the raw request, already read) and return
+canonical events or raise :class:`~qlara_events.errors.Unauthorized` / :class:`~qlara_events.errors.InvalidEvent`.
+The ingress owns HTTP, Kafka and metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hmac
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+from urllib.parse import parse_qsl
+
+import orjson
+
+from qlara_events.domain.events import Event
+from qlara_events.errors import InvalidEvent
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Callback:
+    """A provider's HTTP request as the ingress read it."""
+
+    method: str
+    #: The URL the provider called, rebuilt from ``QLARA_PUBLIC_BASE_URL`` + path + query string
+    #: (what URL-signing providers such as Twilio sign).
+    url: str
+    #: Header names lower-cased.
+    headers: Mapping[str, str]
+    #: Query parameters in order, repeated names kept.
+    query: Sequence[tuple[str, str]]
+    body: bytes
+    #: Media type without parameters, lower-cased (``application/json``), or "".
+    content_type: str
+    received_at: dt.datetime
+
+    def header(self, name: str) -> str | None:
+        """A header by case-insensitive name."""
+        return self.headers.get(name.lower())
+
+    def query_value(self, name: str) -> str | None:
+        """The first query parameter of that name."""
+        for k, v in self.query:
+            if k == name:
+                return v
+        return None
+
+    def form(self) -> list[tuple[str, str]]:
+        """The body decoded as ``application/x-www-form-urlencoded`` (strictly: bad encoding is InvalidEvent)."""
+        try:
+            return parse_qsl(self.body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(self.body))
+        except (UnicodeDecodeError, ValueError):
+            raise InvalidEvent("body is not valid application/x-www-form-urlencoded") from None
+
+    def json(self) -> object:
+        """The body decoded as JSON."""
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            raise InvalidEvent("body is not valid JSON") from None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reply:
+    """A response a provider expects instead of the default empty 200 (handshakes, Jasmin's ACK)."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "text/plain"
+
+
+class Provider(Protocol):
+    """One upstream provider's callback dialect."""
+
+    #: The provider's name: the endpoint ``/ingest/v1/providers/{name}`` and ``provider`` in events.
+    name: str
+
+    def handshake(self, cb: Callback) -> Reply | None:
+        """Answer a subscription/verification request, or return None when ``cb`` is not one.
+
+        Raises Unauthorized when it is a handshake with the wrong token.
+        """
+
+    def verify(self, cb: Callback) -> None:
+        """Raise :class:`~qlara_events.errors.Unauthorized` unless the callback is authentic."""
+
+    def normalize(self, cb: Callback) -> list[Event]:
+        """The canonical events in an authentic callback (possibly none, e.g. RBM IS_TYPING).
+
+        Raises :class:`~qlara_events.errors.InvalidEvent` for anything it cannot read; never another
+        exception, whatever the bytes.
+        """
+
+    def accepted(self, events: Sequence[Event]) -> Reply:
+        """The reply once every event is durably in Kafka."""
+
+
+def constant_time_equals(a: str | bytes, b: str | bytes) -> bool:
+    """Compare two secrets or signatures without leaking where they differ."""
+    ab = a.encode() if isinstance(a, str) else a
+    bb = b.encode() if isinstance(b, str) else b
+    return hmac.compare_digest(ab, bb)
+
+
+OK = Reply()

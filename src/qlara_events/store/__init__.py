@@ -1,0 +1,1 @@
+"""Postgres: migrations (numbered SQL files) and one module of queries per aggregate."""

@@ -1,0 +1,68 @@
+"""Accounts and their API keys (stored as SHA-256 digests; the raw key is shown once)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import secrets
+import uuid
+from typing import Final
+
+import asyncpg
+
+KEY_PREFIX: Final = "qk_"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a request is: the account its key belongs to and the channels the key may use."""
+
+    account_id: str
+    key_id: str
+    operations: frozenset[str] | None
+
+
+def hash_key(raw: str) -> bytes:
+    """The stored form of an API key."""
+    return hashlib.sha256(raw.encode()).digest()
+
+
+def new_key() -> str:
+    """A random API key: 32 bytes of entropy, URL-safe."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+async def create_account(conn: asyncpg.Connection, name: str) -> tuple[str, str]:
+    """Create an account with a first API key; return (account id, raw key)."""
+    account_id = str(uuid.uuid4())
+    async with conn.transaction():
+        await conn.execute("insert into accounts (account_id, name) values ($1, $2)", account_id, name)
+        raw = await create_key(conn, account_id, name="default")
+    return account_id, raw
+
+
+async def create_key(conn: asyncpg.Connection, account_id: str, *, name: str | None = None,
+                     operations: list[str] | None = None) -> str:
+    """Create an API key for an account; return the raw key (never stored)."""
+    raw = new_key()
+    await conn.execute(
+        "insert into api_keys (key_id, account_id, key_hash, key_prefix, name, operations)"
+        " values ($1, $2, $3, $4, $5, $6)",
+        str(uuid.uuid4()), account_id, hash_key(raw), raw[:10], name, operations,
+    )
+    return raw
+
+
+SQL_AUTH: Final = """
+select k.key_id, k.account_id, k.operations from api_keys k
+where k.key_hash = $1 and k.revoked_at is null
+"""
+
+
+async def authenticate(conn: asyncpg.Connection | asyncpg.Pool, raw: str) -> Principal | None:
+    """The principal of a raw key, or None when unknown or revoked."""
+    row = await conn.fetchrow(SQL_AUTH, hash_key(raw))
+    if row is None:
+        return None
+    ops = row["operations"]
+    return Principal(row["account_id"], row["key_id"], frozenset(ops) if ops else None)

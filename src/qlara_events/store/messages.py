@@ -1,0 +1,113 @@
+"""Queries over the message status projection and its history, always scoped to one account."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import asyncpg
+
+from qlara_events.domain.status import DeliveryStatus
+
+_COLUMNS: Final = """
+message_id, customer_message_id, channel, destination, sender, campaign_id, parts, status, description,
+error_code, error_message, failed_after_delivery, submitted_at, sent_at, delivered_at, read_at, failed_at,
+updated_at
+"""
+
+SQL_BY_CUSTOMER_ID: Final = f"""
+select {_COLUMNS} from messages
+where account_id = $1 and channel = $2 and customer_message_id = $3
+order by submitted_at desc limit 1
+"""
+
+SQL_BY_CUSTOMER_IDS: Final = f"""
+select distinct on (customer_message_id) {_COLUMNS} from messages
+where account_id = $1 and channel = $2 and customer_message_id = any($3::text[])
+order by customer_message_id, submitted_at desc
+"""
+
+SQL_BY_MESSAGE_ID: Final = f"""
+select {_COLUMNS} from messages where account_id = $1 and message_id = $2 and ($3::text is null or channel = $3)
+"""
+
+SQL_TIMELINE: Final = """
+select event_id, type, status, raw_status, provider, provider_message_id, part, effect, via, occurred_at,
+       received_at, stored_at, payload
+from message_events where message_id = $1
+order by occurred_at, stored_at, event_id
+"""
+
+
+def _ts(v: Any) -> str | None:
+    return None if v is None else v.isoformat().replace("+00:00", "Z")
+
+
+def status_json(r: asyncpg.Record) -> dict[str, Any]:
+    """A ``DeliveryStatusResponse`` from a messages row."""
+    status = DeliveryStatus(r["status"])
+    out: dict[str, Any] = {
+        "customerMessageId": r["customer_message_id"],
+        "messageId": r["message_id"],
+        "channel": r["channel"],
+        "destination": r["destination"],
+        "sender": r["sender"],
+        "campaignId": r["campaign_id"],
+        "deliveryStatus": status.value,
+        "deliveryStatusDescription": r["description"],
+        "statusCode": status.code,
+        "parts": r["parts"],
+        "failedAfterDelivery": r["failed_after_delivery"],
+        "submittedAt": _ts(r["submitted_at"]),
+        "sentAt": _ts(r["sent_at"]),
+        "deliveredAt": _ts(r["delivered_at"]),
+        "readAt": _ts(r["read_at"]),
+        "failedAt": _ts(r["failed_at"]),
+        "updatedAt": _ts(r["updated_at"]),
+    }
+    if r["error_code"] is not None or r["error_message"] is not None:
+        out["error"] = {"code": r["error_code"], "message": r["error_message"]}
+    return out
+
+
+async def by_customer_id(db: asyncpg.Pool, account_id: str, channel: str, cid: str) -> dict[str, Any] | None:
+    """One message by the partner's reference on one channel."""
+    r = await db.fetchrow(SQL_BY_CUSTOMER_ID, account_id, channel, cid)
+    return None if r is None else status_json(r)
+
+
+async def by_customer_ids(db: asyncpg.Pool, account_id: str, channel: str, ids: list[str]) -> list[dict[str, Any]]:
+    """The messages among ``ids`` that exist in the account on the channel (unknown ones omitted)."""
+    return [status_json(r) for r in await db.fetch(SQL_BY_CUSTOMER_IDS, account_id, channel, ids)]
+
+
+async def by_message_id(db: asyncpg.Pool, account_id: str, message_id: str,
+                        channel: str | None = None) -> dict[str, Any] | None:
+    """One message by platform id, optionally on one channel."""
+    r = await db.fetchrow(SQL_BY_MESSAGE_ID, account_id, message_id, channel)
+    return None if r is None else status_json(r)
+
+
+async def timeline(db: asyncpg.Pool, message_id: str) -> list[dict[str, Any]]:
+    """Every event of a message in time order, with what the projector did with each."""
+    out = []
+    for r in await db.fetch(SQL_TIMELINE, message_id):
+        p = r["payload"]
+        item: dict[str, Any] = {
+            "eventId": r["event_id"],
+            "type": r["type"],
+            "status": r["status"],
+            "rawStatus": r["raw_status"],
+            "provider": r["provider"],
+            "providerMessageId": r["provider_message_id"],
+            "part": r["part"],
+            "effect": r["effect"],
+            "via": r["via"],
+            "description": p.get("description"),
+            "occurredAt": _ts(r["occurred_at"]),
+            "receivedAt": _ts(r["received_at"]),
+            "storedAt": _ts(r["stored_at"]),
+        }
+        if "error" in p:
+            item["error"] = p["error"]
+        out.append({k: v for k, v in item.items() if v is not None})
+    return out

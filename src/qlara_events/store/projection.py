@@ -1,0 +1,417 @@
+"""Applying a batch of canonical events to Postgres in one transaction: where a receipt becomes a status.
+
+Concurrency: events of one message can sit on different partitions (a receipt is keyed by provider id, a
+status by platform id), so two projector processes may touch one message at once. Each batch therefore
+takes transaction-level advisory locks on every message identity it touches (sorted, so two batches never
+wait on each other in a cycle), then row locks on the messages. Under those locks a receipt and the
+submission it belongs to are serialised: whichever commits second sees the first, so a receipt that
+arrives before its ``message.submitted`` is stored as an orphan and applied when the submission lands.
+
+Every statement is a bulk statement over ``unnest`` arrays: a batch of 1,000 events costs a handful of
+round trips, not 1,000.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+from typing import Any, Final
+
+import asyncpg
+
+from qlara_events.domain.events import Event, Inbound, StatusReport, Submitted, parse_event, to_json
+from qlara_events.domain.projection import Effect, MessageState, Transition, apply_report
+from qlara_events.domain.status import DeliveryStatus
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Incoming:
+    """One event read from Kafka, with what the ingress recorded about it."""
+
+    event: Event
+    via: str
+    received_at: dt.datetime
+
+
+@dataclasses.dataclass(slots=True)
+class BatchResult:
+    """What a batch did: effects per event type, and the transitions written to the outbox."""
+
+    effects: collections.Counter[tuple[str, str]] = dataclasses.field(default_factory=collections.Counter)
+    transitions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+def lock_key(identity: str) -> int:
+    """A signed 64-bit advisory-lock key for a message identity."""
+    return int.from_bytes(hashlib.blake2b(identity.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def _identities(event: Event) -> list[str]:
+    if isinstance(event, Submitted):
+        ids = [f"m:{event.message_id}", f"r:{event.provider}:{event.provider_message_id}"]
+        ids += [f"r:{event.provider}:{p}" for p in event.part_provider_message_ids]
+        return ids
+    if isinstance(event, StatusReport):
+        ids = []
+        if event.message_id:
+            ids.append(f"m:{event.message_id}")
+        if event.provider and event.provider_message_id:
+            ids.append(f"r:{event.provider}:{event.provider_message_id}")
+        return ids
+    return []
+
+
+SQL_LOCK: Final = "select pg_advisory_xact_lock(k) from unnest($1::bigint[]) as k"
+SQL_SEEN: Final = "select event_id from message_events where event_id = any($1::text[])"
+
+SQL_INSERT_MESSAGES: Final = """
+insert into messages (message_id, account_id, channel, customer_message_id, provider, provider_message_id,
+                      destination, sender, campaign_id, parts, status, status_rank, description,
+                      submitted_at, sent_at)
+select v.message_id, v.account_id, v.channel, v.customer_message_id, v.provider, v.provider_message_id,
+       v.destination, v.sender, v.campaign_id, v.parts, 'SENT', 1, 'Message sent, awaiting carrier receipt',
+       v.submitted_at, v.submitted_at
+from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+            $9::text[], $10::smallint[], $11::timestamptz[])
+     as v(message_id, account_id, channel, customer_message_id, provider, provider_message_id, destination,
+          sender, campaign_id, parts, submitted_at)
+on conflict (message_id) do nothing
+returning message_id
+"""
+
+SQL_INSERT_REFS: Final = """
+insert into message_refs (provider, provider_message_id, message_id, part)
+select * from unnest($1::text[], $2::text[], $3::text[], $4::smallint[])
+on conflict do nothing
+"""
+
+SQL_INSERT_INBOUND: Final = """
+insert into inbound_messages (event_id, account_id, channel, source, destination, text, message_type,
+                              provider, provider_message_id, media, occurred_at)
+select v.event_id, coalesce(v.account_id, sa.account_id), v.channel, v.source, v.destination, v.text,
+       v.message_type, v.provider, v.provider_message_id, v.media, v.occurred_at
+from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+            $9::text[], $10::jsonb[], $11::timestamptz[])
+     as v(event_id, account_id, channel, source, destination, text, message_type, provider,
+          provider_message_id, media, occurred_at)
+left join sender_addresses sa on sa.channel = v.channel and sa.address = v.destination
+on conflict (event_id) do nothing
+"""
+
+SQL_EXISTING_MESSAGES: Final = "select message_id from messages where message_id = any($1::text[])"
+
+SQL_REFS: Final = """
+select r.provider, r.provider_message_id, r.message_id, r.part
+from message_refs r
+join unnest($1::text[], $2::text[]) as v(provider, provider_message_id)
+  on r.provider = v.provider and r.provider_message_id = v.provider_message_id
+"""
+
+SQL_ORPHANS: Final = """
+select e.event_id, e.payload, e.via, e.received_at
+from message_events e
+where e.message_id is null and e.type = 'message.status'
+  and (e.ref_message_id = any($1::text[])
+       or (e.provider, e.provider_message_id) in
+          (select * from unnest($2::text[], $3::text[]) as v(provider, provider_message_id)))
+"""
+
+SQL_LOAD_STATE: Final = """
+select message_id, account_id, channel, customer_message_id, destination, campaign_id, parts, status,
+       description, error_code, error_message, failed_after_delivery, delivered_at, read_at, failed_at
+from messages where message_id = any($1::text[]) order by message_id for update
+"""
+
+SQL_LOAD_PARTS: Final = "select message_id, part, status from message_parts where message_id = any($1::text[])"
+
+SQL_UPDATE_MESSAGES: Final = """
+update messages m set status = v.status, status_rank = v.status_rank, description = v.description,
+       error_code = v.error_code, error_message = v.error_message,
+       failed_after_delivery = v.failed_after_delivery, delivered_at = v.delivered_at, read_at = v.read_at,
+       failed_at = v.failed_at, updated_at = now()
+from unnest($1::text[], $2::text[], $3::smallint[], $4::text[], $5::text[], $6::text[], $7::bool[],
+            $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
+     as v(message_id, status, status_rank, description, error_code, error_message, failed_after_delivery,
+          delivered_at, read_at, failed_at)
+where m.message_id = v.message_id and m.status_rank <= v.status_rank
+"""
+
+SQL_UPSERT_PARTS: Final = """
+insert into message_parts (message_id, part, status, status_rank)
+select * from unnest($1::text[], $2::smallint[], $3::text[], $4::smallint[])
+on conflict (message_id, part) do update set status = excluded.status, status_rank = excluded.status_rank,
+       updated_at = now()
+where message_parts.status_rank < excluded.status_rank
+"""
+
+SQL_INSERT_HISTORY: Final = """
+insert into message_events (event_id, type, message_id, ref_message_id, provider, provider_message_id,
+                            account_id, status, raw_status, part, effect, via, occurred_at, received_at, payload)
+select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                     $8::text[], $9::text[], $10::smallint[], $11::text[], $12::text[], $13::timestamptz[],
+                     $14::timestamptz[], $15::jsonb[])
+on conflict (event_id) do nothing
+"""
+
+SQL_RESOLVE_ORPHANS: Final = """
+update message_events e set message_id = v.message_id, effect = v.effect
+from unnest($1::text[], $2::text[], $3::text[]) as v(event_id, message_id, effect)
+where e.event_id = v.event_id
+"""
+
+SQL_OUTBOX: Final = """
+insert into status_outbox (change_id, payload)
+select * from unnest($1::text[], $2::jsonb[])
+on conflict (change_id) do nothing
+"""
+
+
+@dataclasses.dataclass(slots=True)
+class _Row:
+    """A history row to insert."""
+
+    incoming: Incoming
+    message_id: str | None
+    effect: Effect
+    part: int | None = None
+
+
+async def apply_batch(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> BatchResult:
+    """Apply ``batch`` in one transaction; replaying a batch (or any part of it) changes nothing."""
+    result = BatchResult()
+    unique: dict[str, Incoming] = {}
+    for inc in batch:
+        unique.setdefault(inc.event.id, inc)
+    async with conn.transaction():
+        keys = sorted({lock_key(i) for inc in unique.values() for i in _identities(inc.event)})
+        if keys:
+            await conn.execute(SQL_LOCK, keys)
+        seen = {r["event_id"] for r in await conn.fetch(SQL_SEEN, list(unique))}
+        fresh = [inc for eid, inc in sorted(unique.items()) if eid not in seen]
+        for inc in unique.values():
+            if inc.event.id in seen:
+                result.effects[(inc.event.type, "duplicate")] += 1
+        result.effects[("batch", "duplicate_in_batch")] += len(batch) - len(unique)
+
+        submissions = [inc for inc in fresh if isinstance(inc.event, Submitted)]
+        reports = [inc for inc in fresh if isinstance(inc.event, StatusReport)]
+        inbound = [inc for inc in fresh if isinstance(inc.event, Inbound)]
+        rows: list[_Row] = []
+
+        created = await _insert_submissions(conn, submissions)
+        for inc in submissions:
+            ev = inc.event
+            assert isinstance(ev, Submitted)
+            rows.append(_Row(inc, ev.message_id, Effect.SUBMITTED))
+        if inbound:
+            await _insert_inbound(conn, inbound)
+            rows.extend(_Row(inc, None, Effect.INBOUND) for inc in inbound)
+
+        # Receipts to apply: this batch's, plus orphans waiting for a message created in this batch.
+        orphans = await _orphans_for(conn, [inc.event for inc in submissions if inc.event.message_id in created])  # type: ignore[union-attr]  # -- submissions are Submitted
+        targets = await _resolve(conn, [inc.event for inc in reports] + [o.event for o in orphans])  # type: ignore[misc]  # -- all StatusReport
+
+        states = await _load_states(conn, sorted({mid for mid, _ in targets.values()}))
+        orphan_ids = {o.event.id for o in orphans}
+        orphan_updates: list[tuple[str, str, str]] = []
+        changed: set[str] = set()
+        for inc in [*orphans, *reports]:
+            ev = inc.event
+            assert isinstance(ev, StatusReport)
+            target = targets.get(ev.id)
+            if target is None or target[0] not in states:
+                if ev.id in orphan_ids:
+                    continue
+                rows.append(_Row(inc, None, Effect.ORPHANED))
+                result.effects[(ev.type, Effect.ORPHANED.value)] += 1
+                continue
+            message_id, ref_part = target
+            state, info = states[message_id]
+            effect, transition = apply_report(state, ev, ev.part if ev.part is not None else ref_part)
+            changed.add(message_id)
+            result.effects[(ev.type, effect.value)] += 1
+            if ev.id in orphan_ids:
+                orphan_updates.append((ev.id, message_id, effect.value))
+            else:
+                rows.append(_Row(inc, message_id, effect, ev.part if ev.part is not None else ref_part))
+            if transition is not None:
+                result.transitions.append(_change_payload(transition, state, info))
+
+        await _write_states(conn, [states[m][0] for m in sorted(changed)])
+        await _insert_history(conn, rows)
+        if orphan_updates:
+            await conn.execute(SQL_RESOLVE_ORPHANS, *map(list, zip(*orphan_updates, strict=True)))
+        if result.transitions:
+            await conn.execute(
+                SQL_OUTBOX,
+                [t["id"] for t in result.transitions],
+                list(result.transitions),
+            )
+        for inc in submissions:
+            result.effects[(inc.event.type, "submitted")] += 1
+        for inc in inbound:
+            result.effects[(inc.event.type, "inbound")] += 1
+    return result
+
+
+async def _insert_submissions(conn: asyncpg.Connection, subs: list[Incoming]) -> set[str]:
+    if not subs:
+        return set()
+    evs: list[Submitted] = [s.event for s in subs]  # type: ignore[misc]  # -- filtered by type above
+    created = await conn.fetch(
+        SQL_INSERT_MESSAGES,
+        [e.message_id for e in evs], [e.account_id for e in evs], [e.channel.value for e in evs],
+        [e.customer_message_id for e in evs], [e.provider for e in evs], [e.provider_message_id for e in evs],
+        [e.destination for e in evs], [e.sender for e in evs], [e.campaign_id for e in evs],
+        [e.parts for e in evs], [e.occurred_at for e in evs],
+    )
+    refs: list[tuple[str, str, str, int | None]] = []
+    for e in evs:
+        refs.append((e.provider, e.provider_message_id, e.message_id, 1 if e.parts > 1 else None))
+        refs.extend((e.provider, p, e.message_id, n) for n, p in enumerate(e.part_provider_message_ids, start=2))
+    await conn.execute(SQL_INSERT_REFS, *map(list, zip(*refs, strict=True)))
+    return {r["message_id"] for r in created}
+
+
+async def _insert_inbound(conn: asyncpg.Connection, items: list[Incoming]) -> None:
+    evs: list[Inbound] = [i.event for i in items]  # type: ignore[misc]  # -- filtered by type above
+    await conn.execute(
+        SQL_INSERT_INBOUND,
+        [e.id for e in evs], [e.account_id for e in evs], [e.channel.value for e in evs],
+        [e.source for e in evs], [e.destination for e in evs], [e.text for e in evs],
+        [e.message_type for e in evs], [e.provider for e in evs], [e.provider_message_id for e in evs],
+        [[dict(m) for m in e.media] for e in evs], [e.occurred_at for e in evs],
+    )
+
+
+async def _orphans_for(conn: asyncpg.Connection, subs: list[Submitted]) -> list[Incoming]:
+    if not subs:
+        return []
+    providers: list[str] = []
+    pmids: list[str] = []
+    for s in subs:
+        for p in (s.provider_message_id, *s.part_provider_message_ids):
+            providers.append(s.provider)
+            pmids.append(p)
+    out = []
+    for r in await conn.fetch(SQL_ORPHANS, [s.message_id for s in subs], providers, pmids):
+        ev = parse_event(r["payload"])
+        out.append(Incoming(ev, r["via"], r["received_at"]))
+    return out
+
+
+async def _resolve(conn: asyncpg.Connection, reports: list[StatusReport]) -> dict[str, tuple[str, int | None]]:
+    """event id -> (message id, part implied by the provider id it was sent to)."""
+    out: dict[str, tuple[str, int | None]] = {}
+    by_id = [r for r in reports if r.message_id]
+    if by_id:
+        existing = {
+            r["message_id"]
+            for r in await conn.fetch(SQL_EXISTING_MESSAGES, sorted({r.message_id for r in by_id}))  # type: ignore[type-var]  # -- filtered non-None
+        }
+        for r in by_id:
+            if r.message_id in existing:
+                out[r.id] = (r.message_id, None)  # type: ignore[assignment]  # -- filtered non-None
+    by_ref = [r for r in reports if r.id not in out and r.provider and r.provider_message_id]
+    if by_ref:
+        refs = {
+            (row["provider"], row["provider_message_id"]): (row["message_id"], row["part"])
+            for row in await conn.fetch(
+                SQL_REFS, [r.provider for r in by_ref], [r.provider_message_id for r in by_ref]
+            )
+        }
+        for r in by_ref:
+            hit = refs.get((r.provider, r.provider_message_id))  # type: ignore[arg-type]  # -- filtered non-None
+            if hit is not None:
+                out[r.id] = hit
+    return out
+
+
+async def _load_states(
+    conn: asyncpg.Connection, message_ids: list[str]
+) -> dict[str, tuple[MessageState, asyncpg.Record]]:
+    if not message_ids:
+        return {}
+    states: dict[str, tuple[MessageState, asyncpg.Record]] = {}
+    for r in await conn.fetch(SQL_LOAD_STATE, message_ids):
+        states[r["message_id"]] = (
+            MessageState(
+                message_id=r["message_id"],
+                status=DeliveryStatus(r["status"]),
+                parts=r["parts"],
+                description=r["description"],
+                error_code=r["error_code"],
+                error_message=r["error_message"],
+                failed_after_delivery=r["failed_after_delivery"],
+                delivered_at=r["delivered_at"],
+                read_at=r["read_at"],
+                failed_at=r["failed_at"],
+            ),
+            r,
+        )
+    multipart = [m for m, (s, _) in states.items() if s.parts > 1]
+    if multipart:
+        for r in await conn.fetch(SQL_LOAD_PARTS, multipart):
+            states[r["message_id"]][0].part_status[r["part"]] = DeliveryStatus(r["status"])
+    return states
+
+
+async def _write_states(conn: asyncpg.Connection, states: list[MessageState]) -> None:
+    if not states:
+        return
+    await conn.execute(
+        SQL_UPDATE_MESSAGES,
+        [s.message_id for s in states], [s.status.value for s in states], [s.status.rank for s in states],
+        [s.description for s in states], [s.error_code for s in states], [s.error_message for s in states],
+        [s.failed_after_delivery for s in states], [s.delivered_at for s in states],
+        [s.read_at for s in states], [s.failed_at for s in states],
+    )
+    parts = [(s.message_id, p, st.value, st.rank) for s in states for p, st in sorted(s.part_status.items())]
+    if parts:
+        await conn.execute(SQL_UPSERT_PARTS, *map(list, zip(*parts, strict=True)))
+
+
+async def _insert_history(conn: asyncpg.Connection, rows: list[_Row]) -> None:
+    if not rows:
+        return
+    cols: list[list[Any]] = [[] for _ in range(15)]
+    for row in rows:
+        ev = row.incoming.event
+        payload = to_json(ev)
+        values = (
+            ev.id, ev.type, row.message_id,
+            getattr(ev, "message_id", None), getattr(ev, "provider", None),
+            getattr(ev, "provider_message_id", None), getattr(ev, "account_id", None),
+            ev.status.value if isinstance(ev, StatusReport) else None,
+            ev.raw_status if isinstance(ev, StatusReport) else None,
+            row.part, row.effect.value, row.incoming.via, ev.occurred_at, row.incoming.received_at,
+            payload,
+        )
+        for col, v in zip(cols, values, strict=True):
+            col.append(v)
+    await conn.execute(SQL_INSERT_HISTORY, *cols)
+
+
+def _change_payload(t: Transition, state: MessageState, info: asyncpg.Record) -> dict[str, Any]:
+    """The record produced to ``qlara.status-changes`` (the dispatcher's input)."""
+    payload: dict[str, Any] = {
+        "id": f"{t.message_id}:{t.status.value}",
+        "messageId": t.message_id,
+        "customerMessageId": info["customer_message_id"],
+        "accountId": info["account_id"],
+        "channel": info["channel"],
+        "destination": info["destination"],
+        "campaignId": info["campaign_id"],
+        "status": t.status.value,
+        "previousStatus": t.previous.value,
+        "statusCode": t.status.code,
+        "description": state.description,
+        "occurredAt": t.occurred_at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
+        "eventId": t.event_id,
+    }
+    if state.status.is_failure and state.error_code:
+        payload["error"] = {"code": state.error_code, "message": state.error_message}
+    return payload
