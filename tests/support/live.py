@@ -1,0 +1,146 @@
+"""A live server, signed requests, event builders and awaiting helpers for integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiohttp
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from qlara_events.config import Settings
+from qlara_events.standard_webhooks import secret_key, signature_header
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveServer:
+    """A running server: its base URL and the settings it was built with."""
+
+    url: str
+    settings: Settings
+
+
+@dataclasses.dataclass(frozen=True)
+class Account:
+    """A test account and its API key."""
+
+    id: str
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-API-Key": self.key}
+
+
+def uid(prefix: str = "") -> str:
+    """A unique id, so tests never see each other's data."""
+    return f"{prefix}{uuid.uuid4().hex[:16]}"
+
+
+def now_iso(offset_s: float = 0.0) -> str:
+    return (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=offset_s)).isoformat().replace("+00:00", "Z")
+
+
+def submitted(account_id: str, *, message_id: str | None = None, customer_id: str | None = None,
+              provider: str = "twilio", provider_message_id: str | None = None, channel: str = "SMS",
+              parts: int = 1, part_ids: list[str] | None = None, destination: str = "+393331112233") -> dict[str, Any]:
+    """A ``message.submitted`` canonical event."""
+    ev: dict[str, Any] = {
+        "type": "message.submitted", "id": uid("sub-"), "occurredAt": now_iso(), "accountId": account_id,
+        "channel": channel, "messageId": message_id or str(uuid.uuid4()),
+        "customerMessageId": customer_id or uid("cust-"), "provider": provider,
+        "providerMessageId": provider_message_id or uid("pm-"), "destination": destination, "parts": parts,
+    }
+    if part_ids:
+        ev["partProviderMessageIds"] = part_ids
+    return ev
+
+
+def status(status: str, *, message_id: str | None = None, provider: str | None = None,
+           provider_message_id: str | None = None, part: int | None = None, event_id: str | None = None,
+           **extra: Any) -> dict[str, Any]:
+    """A ``message.status`` canonical event."""
+    ev: dict[str, Any] = {"type": "message.status", "id": event_id or uid("st-"), "occurredAt": now_iso(),
+                          "status": status, **extra}
+    if message_id:
+        ev["messageId"] = message_id
+    if provider:
+        ev["provider"] = provider
+        ev["providerMessageId"] = provider_message_id
+    if part is not None:
+        ev["part"] = part
+    return ev
+
+
+def sign_canonical(settings: Settings, body: bytes, *, msg_id: str | None = None,
+                   timestamp: int | None = None) -> dict[str, str]:
+    """Standard Webhooks headers for a canonical ingest request."""
+    assert settings.ingest_secret
+    msg_id = msg_id or uid("msg_")
+    ts = int(time.time()) if timestamp is None else timestamp
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(ts),
+        "webhook-signature": signature_header([secret_key(settings.ingest_secret)], msg_id, ts, body),
+        "Content-Type": "application/json",
+    }
+
+
+async def post_events(http: aiohttp.ClientSession, server: LiveServer, events: list[dict[str, Any]] | dict[str, Any]) -> aiohttp.ClientResponse:
+    """POST canonical events, signed; returns the (read) response."""
+    body = orjson.dumps(events)
+    async with http.post(f"{server.url}/ingest/v1/events", data=body,
+                         headers=sign_canonical(server.settings, body)) as resp:
+        await resp.read()
+        return resp
+
+
+async def wait_until(probe: Callable[[], Awaitable[T | None]], *, timeout: float = 30.0,
+                     what: str = "condition") -> T:
+    """Await until ``probe`` returns something truthy (the awaited event), or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
+
+
+async def read_topic(settings: Settings, topic: str, match: Callable[[dict[str, Any]], bool], *,
+                     count: int = 1, timeout: float = 30.0, unique_by: str | None = None) -> list[dict[str, Any]]:
+    """Records of ``topic`` (from the beginning) whose JSON value matches, until ``count`` are found.
+
+    With ``unique_by``, ``count`` counts distinct values of that field (duplicates are still returned).
+    """
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    found: list[dict[str, Any]] = []
+    try:
+        deadline = time.monotonic() + timeout
+        def enough() -> bool:
+            n = len({v[unique_by] for v in found}) if unique_by else len(found)
+            return n >= count
+
+        while not enough() and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for recs in batch.values():
+                for r in recs:
+                    value = orjson.loads(r.value)
+                    if match(value):
+                        found.append(value)
+    finally:
+        await consumer.stop()
+    return found
