@@ -20,6 +20,7 @@ from qlara_events.kafka import ensure_topics
 from qlara_events.server import ROLES, build_app
 from qlara_events.store import accounts
 from qlara_events.store.migrate import migrate
+
 from support.infra import infrastructure
 from support.live import Account, LiveServer
 

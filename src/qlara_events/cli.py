@@ -40,19 +40,14 @@ async def _migrate(settings: Settings) -> list[str]:
         await pool.close()
 
 
-async def _dev_key(settings: Settings, key_file: Path) -> str:
-    """The development API key: reused from ``key_file`` while it is valid, else a new demo account's."""
+async def _dev_key(settings: Settings, existing: str | None) -> str:
+    """The development API key: ``existing`` while it is valid, else a new development account's."""
     pool = await create_pool(settings, max_size=2)
     try:
-        if key_file.exists():
-            raw = key_file.read_text().strip()
-            if raw and await accounts.authenticate(pool, raw) is not None:
-                return raw
+        if existing and await accounts.authenticate(pool, existing) is not None:
+            return existing
         async with pool.acquire() as conn:
             _, raw = await accounts.create_account(conn, "development")
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(raw + "\n")
-        key_file.chmod(0o600)
         return raw
     finally:
         await pool.close()
@@ -71,9 +66,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
             await _migrate(settings)
             await ensure_topics(settings)
         if args.dev_key_file:
-            dev_key = await _dev_key(settings, Path(args.dev_key_file))
+            dev_key = await _dev_key(settings, existing)
 
+    key_file = Path(args.dev_key_file) if args.dev_key_file else None
+    existing = key_file.read_text().strip() if key_file and key_file.exists() else None
     asyncio.run(prepare())
+    if key_file and dev_key and dev_key != existing:
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(dev_key + "\n")
+        key_file.chmod(0o600)
     app = build_app(settings, roles)
 
     def announce(_: str) -> None:

@@ -15,10 +15,11 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from conftest import make_settings
 from qlara_events.config import Settings
 from qlara_events.kafka import ensure_topics
 from qlara_events.server import build_app
+
+from conftest import make_settings
 from support.live import LiveServer, post_events, read_topic, submitted, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]

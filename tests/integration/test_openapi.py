@@ -8,9 +8,10 @@ import jsonschema
 import pytest
 from aiohttp import web
 
-from conftest import make_settings
 from qlara_events.api.spec import build
 from qlara_events.server import ROLES, build_app
+
+from conftest import make_settings
 from support.live import post_events, status, submitted, wait_until
 
 P = "/partner-gateway/v1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import subprocess
@@ -51,8 +52,11 @@ class TestCli:
     async def test_accounts_create_stores_only_a_hash(self, settings, db: asyncpg.Pool) -> None:
         """`accounts create` prints one JSON object; the key is >= 32 bytes of entropy and stored hashed."""
         env = {**os.environ, "QLARA_DATABASE_URL": settings.database_url}
-        out = subprocess.run([sys.executable, "-m", "qlara_events.cli", "accounts", "create", "--name", "demo"],
-                             env=env, check=True, capture_output=True, timeout=60).stdout
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "qlara_events.cli", "accounts", "create", "--name", "demo",
+            env=env, stdout=asyncio.subprocess.PIPE)
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0
         created = orjson.loads(out)
         assert set(created) == {"accountId", "apiKey"}
         key = created["apiKey"]

@@ -14,9 +14,10 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from conftest import make_settings
 from qlara_events.config import Settings
 from qlara_events.kafka import HEADER_VIA, ensure_topics
+
+from conftest import make_settings
 from support.live import read_topic, status, submitted, uid, wait_until
 
 MESSAGES = 3000  # 6,000 events: enough for dozens of 50-event batches

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from qlara_events.config import DEV_SECRETS
+
 from support.live import Account, LiveServer, post_events, read_topic, submitted, uid, wait_until
 from unit.providers.signing import (
     basic_auth,

@@ -109,7 +109,7 @@ class TestProjection:
             return any(e["status"] == "DELIVERED" and e["effect"] == "superseded" for e in events if "status" in e)
 
         await wait_until(recorded, what="late DELIVERED recorded")
-        code, body = await get_status(http, server, account, sub["customerMessageId"], "WHATSAPP")
+        _, body = await get_status(http, server, account, sub["customerMessageId"], "WHATSAPP")
         assert body["deliveryStatus"] == "READ"
 
     async def test_failure_after_delivery_is_flagged_not_applied(self, http, server, account) -> None:
@@ -121,7 +121,7 @@ class TestProjection:
         await post_events(http, server, status("ERROR", message_id=mid, error={"code": "30008"}))
 
         async def flagged() -> dict[str, Any] | None:
-            code, body = await get_status(http, server, account, sub["customerMessageId"])
+            _, body = await get_status(http, server, account, sub["customerMessageId"])
             return body if body.get("failedAfterDelivery") else None
 
         body = await wait_until(flagged, what="failure after delivery flagged")
@@ -145,7 +145,7 @@ class TestProjection:
         marker = submitted(account.id)
         await post_events(http, server, marker)
         await await_status(http, server, account, marker["customerMessageId"], "SENT")
-        code, body = await get_status(http, server, account, sub["customerMessageId"])
+        _, body = await get_status(http, server, account, sub["customerMessageId"])
         assert body["deliveryStatus"] == "SENT" and body["parts"] == 3
         await post_events(http, server, status("DELIVERED", provider="vonage", provider_message_id=p3))
         await await_status(http, server, account, sub["customerMessageId"], "DELIVERED")

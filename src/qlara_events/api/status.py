@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from aiohttp import web
@@ -52,7 +53,7 @@ async def status_batch(request: web.Request) -> web.Response:
     return json_response(found)
 
 
-def _by_message_id(channel: Channel) -> web.RequestHandler:  # type: ignore[name-defined]  # -- aiohttp alias
+def _by_message_id(channel: Channel) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def view(request: web.Request) -> web.Response:
         require_channel(request, channel.value)
         found = await messages.by_message_id(

@@ -48,7 +48,7 @@ class Submitted:
     #: Provider ids of parts 2..n when the provider gives each part its own id (Vonage does).
     part_provider_message_ids: tuple[str, ...] = ()
 
-    type: Final = "message.submitted"  # type: ignore[misc]  # -- a class-level constant on a frozen dataclass
+    type: Final = "message.submitted"
 
     @property
     def key(self) -> str:
@@ -73,7 +73,7 @@ class StatusReport:
     #: The provider's own status word (``undelivered``, ``DELIVRD``...), kept for the timeline.
     raw_status: str | None = None
 
-    type: Final = "message.status"  # type: ignore[misc]  # -- a class-level constant on a frozen dataclass
+    type: Final = "message.status"
 
     @property
     def key(self) -> str:
@@ -101,7 +101,7 @@ class Inbound:
     provider_message_id: str | None = None
     media: tuple[Mapping[str, Any], ...] = ()
 
-    type: Final = "message.inbound"  # type: ignore[misc]  # -- a class-level constant on a frozen dataclass
+    type: Final = "message.inbound"
 
     @property
     def key(self) -> str:
@@ -172,7 +172,7 @@ def _parse_status(o: dict[str, Any]) -> StatusReport:
         raise InvalidEvent("identify the message by 'messageId' or by 'provider' + 'providerMessageId'")
     raw = o.get("status")
     try:
-        status = DeliveryStatus(raw)
+        status = DeliveryStatus(str(raw))
     except ValueError:
         raise InvalidEvent(
             "must be one of " + ", ".join(s.value for s in DeliveryStatus), field="status"
@@ -183,7 +183,7 @@ def _parse_status(o: dict[str, Any]) -> StatusReport:
         if not isinstance(error, dict):
             raise InvalidEvent("must be an object", field="error")
         code = error.get("code")
-        if code is not None and not isinstance(code, (str, int)) or isinstance(code, bool):
+        if (code is not None and not isinstance(code, (str, int))) or isinstance(code, bool):
             raise InvalidEvent("must be a string or integer", field="error.code")
         permanent = error.get("permanent")
         if permanent is not None and not isinstance(permanent, bool):
@@ -274,7 +274,7 @@ def _opt_int(o: Mapping[str, Any], name: str, lo: int, hi: int) -> int | None:
 
 def _channel(o: Mapping[str, Any]) -> Channel:
     try:
-        return Channel(o.get("channel"))
+        return Channel(str(o.get("channel")))
     except ValueError:
         raise InvalidEvent("must be SMS, RCS or WHATSAPP", field="channel") from None
 

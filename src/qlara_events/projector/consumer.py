@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import time
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import asyncpg
 import orjson
@@ -50,10 +51,14 @@ TRANSIENT = (
 )
 
 
-def decode(records: Sequence[ConsumerRecord[bytes, bytes]]) -> tuple[list[Incoming], list[tuple[ConsumerRecord[bytes, bytes], str]]]:
+#: aiokafka is untyped; a record has topic, partition, offset, key, value, headers, timestamp.
+Record: TypeAlias = ConsumerRecord
+
+
+def decode(records: Sequence[Record]) -> tuple[list[Incoming], list[tuple[Record, str]]]:
     """Parse records into events; unreadable ones come back separately with the reason."""
     good: list[Incoming] = []
-    bad: list[tuple[ConsumerRecord[bytes, bytes], str]] = []
+    bad: list[tuple[Record, str]] = []
     for rec in records:
         hdrs = list(rec.headers or ())
         try:
@@ -110,7 +115,7 @@ class Projector:
         """Ask the loop to stop after the current batch."""
         self._stopping.set()
 
-    async def _apply(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    async def _apply(self, records: list[Record]) -> None:
         good, bad = decode(records)
         structlog.contextvars.bind_contextvars(batch_first_event=good[0].event.id if good else None)
         delay = 0.1
@@ -138,7 +143,7 @@ class Projector:
             log.error("unreadable_records", count=len(bad), first_error=bad[0][1])
         structlog.contextvars.unbind_contextvars("batch_first_event")
 
-    async def _commit(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+    async def _commit(self, batch: dict[TopicPartition, list[Record]]) -> None:
         assert self._consumer is not None
         offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs}
         try:
@@ -163,7 +168,7 @@ class Projector:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _update_lag(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+    def _update_lag(self, batch: dict[TopicPartition, list[Record]]) -> None:
         assert self._consumer is not None
         for tp, recs in batch.items():
             high = self._consumer.highwater(tp)
@@ -172,7 +177,7 @@ class Projector:
                                             str(tp.partition)).set(max(high - recs[-1].offset - 1, 0))
 
 
-def _unreadable_columns(bad: list[tuple[ConsumerRecord[bytes, bytes], str]]) -> list[list[object]]:
+def _unreadable_columns(bad: list[tuple[Record, str]]) -> list[list[object]]:
     return [
         [r.topic for r, _ in bad], [r.partition for r, _ in bad], [r.offset for r, _ in bad],
         [r.key for r, _ in bad], [r.value for r, _ in bad], [e for _, e in bad],

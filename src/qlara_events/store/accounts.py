@@ -10,6 +10,8 @@ from typing import Final
 
 import asyncpg
 
+from qlara_events.store.db import Conn
+
 KEY_PREFIX: Final = "qk_"
 
 
@@ -32,7 +34,7 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-async def create_account(conn: asyncpg.Connection, name: str) -> tuple[str, str]:
+async def create_account(conn: Conn, name: str) -> tuple[str, str]:
     """Create an account with a first API key; return (account id, raw key)."""
     account_id = str(uuid.uuid4())
     async with conn.transaction():
@@ -41,7 +43,7 @@ async def create_account(conn: asyncpg.Connection, name: str) -> tuple[str, str]
     return account_id, raw
 
 
-async def create_key(conn: asyncpg.Connection, account_id: str, *, name: str | None = None,
+async def create_key(conn: Conn, account_id: str, *, name: str | None = None,
                      operations: list[str] | None = None) -> str:
     """Create an API key for an account; return the raw key (never stored)."""
     raw = new_key()
@@ -59,7 +61,7 @@ where k.key_hash = $1 and k.revoked_at is null
 """
 
 
-async def authenticate(conn: asyncpg.Connection | asyncpg.Pool, raw: str) -> Principal | None:
+async def authenticate(conn: Conn | asyncpg.Pool, raw: str) -> Principal | None:
     """The principal of a raw key, or None when unknown or revoked."""
     row = await conn.fetchrow(SQL_AUTH, hash_key(raw))
     if row is None:

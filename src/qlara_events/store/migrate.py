@@ -10,7 +10,7 @@ import re
 from importlib import resources
 from typing import Final
 
-import asyncpg
+from qlara_events.store.db import Conn
 
 _LOCK_KEY: Final = 0x71_6C_61_72_61  # "qlara"
 _NAME: Final = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
@@ -26,7 +26,7 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(out)
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
+async def migrate(conn: Conn) -> list[str]:
     """Apply pending migrations; return the names applied (empty when up to date)."""
     applied: list[str] = []
     async with conn.transaction():

@@ -25,6 +25,7 @@ import asyncpg
 from qlara_events.domain.events import Event, Inbound, StatusReport, Submitted, parse_event, to_json
 from qlara_events.domain.projection import Effect, MessageState, Transition, apply_report
 from qlara_events.domain.status import DeliveryStatus
+from qlara_events.store.db import Conn
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -179,7 +180,7 @@ class _Row:
     part: int | None = None
 
 
-async def apply_batch(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> BatchResult:
+async def apply_batch(conn: Conn, batch: Sequence[Incoming]) -> BatchResult:
     """Apply ``batch`` in one transaction; replaying a batch (or any part of it) changes nothing."""
     result = BatchResult()
     unique: dict[str, Incoming] = {}
@@ -199,20 +200,19 @@ async def apply_batch(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> Ba
         submissions = [inc for inc in fresh if isinstance(inc.event, Submitted)]
         reports = [inc for inc in fresh if isinstance(inc.event, StatusReport)]
         inbound = [inc for inc in fresh if isinstance(inc.event, Inbound)]
-        rows: list[_Row] = []
+        new_subs = [ev for ev in (inc.event for inc in submissions) if isinstance(ev, Submitted)]
+        rows: list[_Row] = [_Row(inc, ev.message_id, Effect.SUBMITTED) for inc, ev in zip(submissions, new_subs,
+                                                                                           strict=True)]
 
-        created = await _insert_submissions(conn, submissions)
-        for inc in submissions:
-            ev = inc.event
-            assert isinstance(ev, Submitted)
-            rows.append(_Row(inc, ev.message_id, Effect.SUBMITTED))
+        created = await _insert_submissions(conn, new_subs)
         if inbound:
             await _insert_inbound(conn, inbound)
             rows.extend(_Row(inc, None, Effect.INBOUND) for inc in inbound)
 
         # Receipts to apply: this batch's, plus orphans waiting for a message created in this batch.
-        orphans = await _orphans_for(conn, [inc.event for inc in submissions if inc.event.message_id in created])  # type: ignore[union-attr]  # -- submissions are Submitted
-        targets = await _resolve(conn, [inc.event for inc in reports] + [o.event for o in orphans])  # type: ignore[misc]  # -- all StatusReport
+        orphans = await _orphans_for(conn, [ev for ev in new_subs if ev.message_id in created])
+        targets = await _resolve(conn, [ev for inc in (*reports, *orphans)
+                                        if isinstance(ev := inc.event, StatusReport)])
 
         states = await _load_states(conn, sorted({mid for mid, _ in targets.values()}))
         orphan_ids = {o.event.id for o in orphans}
@@ -257,10 +257,9 @@ async def apply_batch(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> Ba
     return result
 
 
-async def _insert_submissions(conn: asyncpg.Connection, subs: list[Incoming]) -> set[str]:
-    if not subs:
+async def _insert_submissions(conn: Conn, evs: list[Submitted]) -> set[str]:
+    if not evs:
         return set()
-    evs: list[Submitted] = [s.event for s in subs]  # type: ignore[misc]  # -- filtered by type above
     created = await conn.fetch(
         SQL_INSERT_MESSAGES,
         [e.message_id for e in evs], [e.account_id for e in evs], [e.channel.value for e in evs],
@@ -276,7 +275,7 @@ async def _insert_submissions(conn: asyncpg.Connection, subs: list[Incoming]) ->
     return {r["message_id"] for r in created}
 
 
-async def _insert_inbound(conn: asyncpg.Connection, items: list[Incoming]) -> None:
+async def _insert_inbound(conn: Conn, items: list[Incoming]) -> None:
     evs: list[Inbound] = [i.event for i in items]  # type: ignore[misc]  # -- filtered by type above
     await conn.execute(
         SQL_INSERT_INBOUND,
@@ -287,7 +286,7 @@ async def _insert_inbound(conn: asyncpg.Connection, items: list[Incoming]) -> No
     )
 
 
-async def _orphans_for(conn: asyncpg.Connection, subs: list[Submitted]) -> list[Incoming]:
+async def _orphans_for(conn: Conn, subs: list[Submitted]) -> list[Incoming]:
     if not subs:
         return []
     providers: list[str] = []
@@ -303,7 +302,7 @@ async def _orphans_for(conn: asyncpg.Connection, subs: list[Submitted]) -> list[
     return out
 
 
-async def _resolve(conn: asyncpg.Connection, reports: list[StatusReport]) -> dict[str, tuple[str, int | None]]:
+async def _resolve(conn: Conn, reports: list[StatusReport]) -> dict[str, tuple[str, int | None]]:
     """event id -> (message id, part implied by the provider id it was sent to)."""
     out: dict[str, tuple[str, int | None]] = {}
     by_id = [r for r in reports if r.message_id]
@@ -324,14 +323,14 @@ async def _resolve(conn: asyncpg.Connection, reports: list[StatusReport]) -> dic
             )
         }
         for r in by_ref:
-            hit = refs.get((r.provider, r.provider_message_id))  # type: ignore[arg-type]  # -- filtered non-None
+            hit = refs.get((r.provider or "", r.provider_message_id or ""))
             if hit is not None:
                 out[r.id] = hit
     return out
 
 
 async def _load_states(
-    conn: asyncpg.Connection, message_ids: list[str]
+    conn: Conn, message_ids: list[str]
 ) -> dict[str, tuple[MessageState, asyncpg.Record]]:
     if not message_ids:
         return {}
@@ -359,7 +358,7 @@ async def _load_states(
     return states
 
 
-async def _write_states(conn: asyncpg.Connection, states: list[MessageState]) -> None:
+async def _write_states(conn: Conn, states: list[MessageState]) -> None:
     if not states:
         return
     await conn.execute(
@@ -374,7 +373,7 @@ async def _write_states(conn: asyncpg.Connection, states: list[MessageState]) ->
         await conn.execute(SQL_UPSERT_PARTS, *map(list, zip(*parts, strict=True)))
 
 
-async def _insert_history(conn: asyncpg.Connection, rows: list[_Row]) -> None:
+async def _insert_history(conn: Conn, rows: list[_Row]) -> None:
     if not rows:
         return
     cols: list[list[Any]] = [[] for _ in range(15)]

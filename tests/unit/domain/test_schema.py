@@ -11,6 +11,7 @@ import pytest
 
 from qlara_events.domain.events import parse_event
 from qlara_events.errors import InvalidEvent
+
 from unit.domain.test_events import INBOUND, STATUS, SUBMITTED
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[3] / "docs" / "events.schema.json").read_text())

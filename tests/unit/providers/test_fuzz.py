@@ -13,12 +13,13 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from signing import make_callback
 
 from qlara_events.domain.events import Event, parse_event, to_json
 from qlara_events.errors import Forbidden, InvalidEvent, Unauthorized
 from qlara_events.providers import build_providers
 from qlara_events.providers.base import Callback, Provider
+
+from signing import make_callback
 
 PROVIDERS: dict[str, Provider] = build_providers(
     twilio_auth_token="t",

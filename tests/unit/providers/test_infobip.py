@@ -6,13 +6,14 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from signing import RECEIVED_AT, basic_auth, json_callback, make_callback
 
 from qlara_events.domain.events import EventError, StatusReport
 from qlara_events.domain.status import DeliveryStatus
 from qlara_events.errors import InvalidEvent, Unauthorized
 from qlara_events.providers.base import OK, Callback
 from qlara_events.providers.infobip import InfobipProvider
+
+from signing import RECEIVED_AT, basic_auth, json_callback, make_callback
 
 TOKEN = "ib-4c6f1e2d9a8b7c6d5e4f"
 MESSAGE_ID = "7e17a5a0-3d59-4b5e-a4a7-c0fcbd8b8d9b"

@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from signing import RECEIVED_AT, form_callback, make_callback
 
 from qlara_events.domain.events import EventError, StatusReport
 from qlara_events.domain.status import DeliveryStatus
 from qlara_events.errors import InvalidEvent, Unauthorized
 from qlara_events.providers.base import Callback, Reply
 from qlara_events.providers.jasmin import JasminProvider, parse_receipt
+
+from signing import RECEIVED_AT, form_callback, make_callback
 
 TOKEN = "jasmin-dlr-token-31c4"
 MESSAGE_ID = "16fd2706-8baf-433b-82eb-8c7fada847da"

@@ -8,13 +8,14 @@ from typing import Any
 
 import orjson
 import pytest
-from signing import RECEIVED_AT, json_callback, make_callback, rbm_envelope, rbm_signature
 
 from qlara_events.domain.events import Inbound, StatusReport
 from qlara_events.domain.status import Channel, DeliveryStatus
 from qlara_events.errors import InvalidEvent, Unauthorized
 from qlara_events.providers.base import OK, Callback, Reply
 from qlara_events.providers.rbm import RbmProvider
+
+from signing import RECEIVED_AT, json_callback, make_callback, rbm_envelope, rbm_signature
 
 CLIENT_TOKEN = "rbm-client-token-5f0c9e"
 AGENT = "qlara-demo-agent@rbm.goog"

@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from signing import RECEIVED_AT, form_callback, make_callback, twilio_signature
 
 from qlara_events.domain.events import EventError, Inbound, StatusReport
 from qlara_events.domain.status import Channel, DeliveryStatus
 from qlara_events.errors import InvalidEvent, Unauthorized
 from qlara_events.providers.base import OK, Callback
 from qlara_events.providers.twilio import TwilioProvider
+
+from signing import RECEIVED_AT, form_callback, make_callback, twilio_signature
 
 TOKEN = "f3c2a1b0e9d8c7b6a5f4e3d2c1b0a9f8"
 URL = "https://events.qlara.example/ingest/v1/providers/twilio"

@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from signing import RECEIVED_AT, form_callback, json_callback, make_callback, vonage_signature
 
 from qlara_events.domain.events import EventError, StatusReport
 from qlara_events.domain.status import DeliveryStatus
 from qlara_events.errors import InvalidEvent, Unauthorized
 from qlara_events.providers.base import OK, Callback
 from qlara_events.providers.vonage import VonageProvider, signature
+
+from signing import RECEIVED_AT, form_callback, json_callback, make_callback, vonage_signature
 
 SECRET = "n0tS0Secret5ignatureS3cret"
 MESSAGE_ID = "0A0000001234567B"

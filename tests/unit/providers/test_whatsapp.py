@@ -7,13 +7,14 @@ from typing import Any
 
 import orjson
 import pytest
-from signing import RECEIVED_AT, json_callback, make_callback, whatsapp_signature
 
 from qlara_events.domain.events import EventError, Inbound, StatusReport
 from qlara_events.domain.status import Channel, DeliveryStatus
 from qlara_events.errors import Forbidden, InvalidEvent, Unauthorized
 from qlara_events.providers.base import OK, Callback, Reply
 from qlara_events.providers.whatsapp import WhatsAppProvider
+
+from signing import RECEIVED_AT, json_callback, make_callback, whatsapp_signature
 
 APP_SECRET = "8f2c6b1a0d9e8f7a6b5c4d3e2f1a0b9c"
 VERIFY_TOKEN = "qlara-verify-7781"
