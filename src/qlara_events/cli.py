@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from qlara_events import __version__, logs
 from qlara_events.config import ConfigError, Settings
 from qlara_events.kafka import ensure_topics
 from qlara_events.server import ROLES, build_app
+from qlara_events.standard_webhooks import secret_key, signature_header
 from qlara_events.store import accounts
 from qlara_events.store.db import create_pool
 from qlara_events.store.migrate import migrate
@@ -89,6 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     web.run_app(app, host=settings.http_host, port=settings.http_port, print=announce,
                 shutdown_timeout=15, access_log=None, handle_signals=True)
+    print("stopped: in-flight requests finished, consumer offsets committed", flush=True)
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -137,6 +141,17 @@ def cmd_senders_add(args: argparse.Namespace) -> None:
     print(f"inbound {args.channel} messages to {args.address} now belong to account {args.account}")
 
 
+def cmd_sign(args: argparse.Namespace) -> None:
+    """Print Standard Webhooks headers for a canonical ingest body (for curl: ``-H @file``)."""
+    settings = Settings.from_env(os.environ, dev_secrets=True)
+    assert settings.ingest_secret is not None
+    body = sys.stdin.buffer.read() if args.body == "-" else args.body.encode()
+    msg_id = "msg_" + secrets.token_hex(12)
+    ts = int(time.time())
+    sig = signature_header([secret_key(settings.ingest_secret)], msg_id, ts, body)
+    print(f"webhook-id: {msg_id}\nwebhook-timestamp: {ts}\nwebhook-signature: {sig}")
+
+
 def parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(prog="qlara-events", description=__doc__)
@@ -167,6 +182,10 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--channel", required=True, choices=("SMS", "RCS", "WHATSAPP"))
     add.add_argument("--address", required=True, help="E.164 number, WhatsApp number or RBM agent id")
     add.set_defaults(func=cmd_senders_add)
+    sign = sub.add_parser("sign", help="print Standard Webhooks headers for an ingest body "
+                                       "(QLARA_INGEST_SECRET, else the development secret)")
+    sign.add_argument("--body", required=True, help="the exact body to send, or - for standard input")
+    sign.set_defaults(func=cmd_sign)
     return p
 
 
