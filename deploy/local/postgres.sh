@@ -43,14 +43,15 @@ as_owner() {
 
 data_dir() {
   mkdir -p "$local_dir"
-  if [ -e "$local_dir/pg" ]; then echo "$local_dir/pg"; return 0; fi
+  # Always the real path: the postgres user may not be able to traverse the checkout to follow a link.
+  if [ -e "$local_dir/pg" ]; then readlink -f "$local_dir/pg"; return 0; fi
   if [ "$(id -u)" = 0 ]; then
     id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/false postgres
     if ! runuser -u postgres -- test -x "$local_dir"; then
       local ext=/var/lib/qlara-events/$(printf '%s' "$local_dir" | sha256sum | cut -c1-16)/pg
       mkdir -p "$ext"; chown postgres: "$ext" "$(dirname "$ext")"; chmod 700 "$ext"
       ln -s "$ext" "$local_dir/pg"
-      echo "$local_dir/pg"; return 0
+      echo "$ext"; return 0
     fi
     mkdir -p "$local_dir/pg"; chown postgres: "$local_dir/pg"; chmod 700 "$local_dir/pg"
   else
@@ -92,19 +93,20 @@ CONF
 stop() {
   local bin; bin=$(bin_dir) || return 0
   [ -e "$local_dir/pg/PG_VERSION" ] || return 0
+  local data; data=$(readlink -f "$local_dir/pg")
   if [ "${1:-}" = "--kill" ]; then
-    local pid; pid=$(head -1 "$local_dir/pg/postmaster.pid" 2>/dev/null) || return 0
+    local pid; pid=$(head -1 "$data/postmaster.pid" 2>/dev/null) || return 0
     kill -9 "$pid" 2>/dev/null || true
     log "killed"
     return 0
   fi
-  as_owner "$bin/pg_ctl" -D "$local_dir/pg" -m fast -w stop >/dev/null 2>&1 && log "stopped" || true
+  as_owner "$bin/pg_ctl" -D "$data" -m fast -w stop >/dev/null 2>&1 && log "stopped" || true
 }
 
 cmd=${1:-}
 case "$cmd" in
   start) start ;;
   stop) stop "${2:-}" ;;
-  status) bin=$(bin_dir) && as_owner "$bin/pg_ctl" -D "$local_dir/pg" status >/dev/null ;;
+  status) bin=$(bin_dir) && as_owner "$bin/pg_ctl" -D "$(readlink -f "$local_dir/pg")" status >/dev/null ;;
   *) sed -n '2,10p' "$0" >&2; exit 2 ;;
 esac
