@@ -123,7 +123,7 @@ class Projector:
             started = time.perf_counter()
             try:
                 async with self._pool.acquire() as conn:
-                    result = await apply_batch(conn, good)
+                    result = await apply_batch(conn, good, status_topic=self._settings.topics.status_changes)
                     if bad:
                         await conn.execute(SQL_UNREADABLE, *_unreadable_columns(bad))
                 break
@@ -157,7 +157,7 @@ class Projector:
         delay = 0.1
         while True:
             try:
-                await relay(self._pool, self._producer, self._settings.topics.status_changes)
+                await relay(self._pool, self._producer)
                 return
             except (*TRANSIENT, KafkaError) as exc:
                 if self._stopping.is_set():

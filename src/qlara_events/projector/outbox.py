@@ -14,12 +14,12 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
-SQL_CLAIM: Final = "select id, payload from status_outbox order by id limit $1 for update skip locked"
+SQL_CLAIM: Final = "select id, topic, payload from status_outbox order by id limit $1 for update skip locked"
 SQL_DELETE: Final = "delete from status_outbox where id = any($1::bigint[])"
 
 
-async def relay(pool: asyncpg.Pool, producer: AIOKafkaProducer, topic: str, *, limit: int = 1000) -> int:
-    """Relay outbox rows until none are left unclaimed; return how many were produced."""
+async def relay(pool: asyncpg.Pool, producer: AIOKafkaProducer, *, limit: int = 1000) -> int:
+    """Relay outbox rows (each to the topic it was queued for) until none are left; return how many."""
     total = 0
     while True:
         async with pool.acquire() as conn, conn.transaction():
@@ -27,7 +27,8 @@ async def relay(pool: asyncpg.Pool, producer: AIOKafkaProducer, topic: str, *, l
             if not rows:
                 return total
             futures = [
-                await producer.send(topic, value=orjson.dumps(r["payload"]), key=r["payload"]["messageId"].encode())
+                await producer.send(r["topic"], value=orjson.dumps(r["payload"]),
+                                    key=r["payload"]["messageId"].encode())
                 for r in rows
             ]
             await asyncio.gather(*futures)

@@ -164,8 +164,8 @@ where e.event_id = v.event_id
 """
 
 SQL_OUTBOX: Final = """
-insert into status_outbox (change_id, payload)
-select * from unnest($1::text[], $2::jsonb[])
+insert into status_outbox (change_id, topic, payload)
+select v.change_id, $3, v.payload from unnest($1::text[], $2::jsonb[]) as v(change_id, payload)
 on conflict (change_id) do nothing
 """
 
@@ -180,8 +180,11 @@ class _Row:
     part: int | None = None
 
 
-async def apply_batch(conn: Conn, batch: Sequence[Incoming]) -> BatchResult:
-    """Apply ``batch`` in one transaction; replaying a batch (or any part of it) changes nothing."""
+async def apply_batch(conn: Conn, batch: Sequence[Incoming], *, status_topic: str) -> BatchResult:
+    """Apply ``batch`` in one transaction; replaying a batch (or any part of it) changes nothing.
+
+    Transitions are queued in the outbox for ``status_topic``.
+    """
     result = BatchResult()
     unique: dict[str, Incoming] = {}
     for inc in batch:
@@ -249,6 +252,7 @@ async def apply_batch(conn: Conn, batch: Sequence[Incoming]) -> BatchResult:
                 SQL_OUTBOX,
                 [t["id"] for t in result.transitions],
                 list(result.transitions),
+                status_topic,
             )
         for inc in submissions:
             result.effects[(inc.event.type, "submitted")] += 1

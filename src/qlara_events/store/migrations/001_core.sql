@@ -124,6 +124,7 @@ create index inbound_account_time on inbound_messages (account_id, channel, occu
 create table status_outbox (
     id          bigserial primary key,
     change_id   text not null unique,
+    topic       text not null,
     payload     jsonb not null,
     created_at  timestamptz not null default now()
 );
