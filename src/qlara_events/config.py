@@ -27,6 +27,9 @@ DEV_SECRETS: Final[Mapping[str, str]] = {
     "QLARA_JASMIN_TOKEN": "dev-jasmin-token",
 }
 
+#: Svix's schedule: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (each ±20 % jitter).
+DEFAULT_RETRY_SCHEDULE: Final = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+
 DEFAULT_DATABASE_URL: Final = "postgresql://postgres@127.0.0.1:55432/qlara"
 DEFAULT_KAFKA_BOOTSTRAP: Final = "127.0.0.1:9092"
 
@@ -101,6 +104,21 @@ class Settings:
     projector_batch_wait_ms: int = 50
     consumer_group_projector: str = "qlara-projector"
 
+    #: Partner webhooks (dispatcher role and the webhook configuration API).
+    webhook_require_https: bool = True
+    webhook_allowed_networks: str = ""
+    webhook_retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+    webhook_timeout_s: float = 15.0
+    webhook_rotation_overlap_s: int = 24 * 3600
+    webhook_disable_after_s: int = 5 * 24 * 3600
+    webhook_concurrency_per_endpoint: int = 10
+    webhook_concurrency_total: int = 200
+    webhook_breaker_failures: int = 5
+    webhook_breaker_cooldown_s: float = 30.0
+    #: How long past the attempt timeout a lease outlives a dispatcher that died mid-attempt.
+    webhook_lease_margin_s: float = 30.0
+    consumer_group_dispatcher: str = "qlara-dispatcher"
+
     log_level: str = "info"
     log_format: str = "json"
 
@@ -154,6 +172,18 @@ class Settings:
             projector_batch_max=_int(e, "QLARA_PROJECTOR_BATCH_MAX", 1000, 1, 100_000),
             projector_batch_wait_ms=_int(e, "QLARA_PROJECTOR_BATCH_WAIT_MS", 50, 0, 60_000),
             consumer_group_projector=opt("QLARA_PROJECTOR_GROUP") or "qlara-projector",
+            webhook_require_https=_bool(e, "QLARA_WEBHOOK_REQUIRE_HTTPS", True),
+            webhook_allowed_networks=opt("QLARA_WEBHOOK_ALLOWED_NETWORKS") or "",
+            webhook_retry_schedule=_schedule(e, "QLARA_WEBHOOK_RETRY_SCHEDULE"),
+            webhook_timeout_s=_float(e, "QLARA_WEBHOOK_TIMEOUT", 15.0, 0.1, 300.0),
+            webhook_rotation_overlap_s=_int(e, "QLARA_WEBHOOK_ROTATION_OVERLAP", 24 * 3600, 0, 30 * 24 * 3600),
+            webhook_disable_after_s=_int(e, "QLARA_WEBHOOK_DISABLE_AFTER", 5 * 24 * 3600, 1, 365 * 24 * 3600),
+            webhook_concurrency_per_endpoint=_int(e, "QLARA_WEBHOOK_CONCURRENCY_PER_ENDPOINT", 10, 1, 1000),
+            webhook_concurrency_total=_int(e, "QLARA_WEBHOOK_CONCURRENCY_TOTAL", 200, 1, 10_000),
+            webhook_breaker_failures=_int(e, "QLARA_WEBHOOK_BREAKER_FAILURES", 5, 1, 1000),
+            webhook_breaker_cooldown_s=_float(e, "QLARA_WEBHOOK_BREAKER_COOLDOWN", 30.0, 0.1, 3600.0),
+            webhook_lease_margin_s=_float(e, "QLARA_WEBHOOK_LEASE_MARGIN", 30.0, 0.1, 3600.0),
+            consumer_group_dispatcher=opt("QLARA_DISPATCHER_GROUP") or "qlara-dispatcher",
             log_level=(opt("QLARA_LOG_LEVEL") or "info").lower(),
             log_format=log_format,
         )
@@ -170,6 +200,30 @@ def _int(e: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int
     if not lo <= v <= hi:
         raise ConfigError(f"{name} must be between {lo} and {hi}")
     return v
+
+
+def _bool(e: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = e.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false")
+
+
+def _schedule(e: Mapping[str, str], name: str) -> tuple[float, ...]:
+    raw = e.get(name, "").strip()
+    if not raw:
+        return DEFAULT_RETRY_SCHEDULE
+    try:
+        delays = tuple(float(x) for x in raw.split(","))
+    except ValueError:
+        raise ConfigError(f"{name} must be comma-separated seconds, e.g. 0,5,300,1800") from None
+    if not delays or any(d < 0 or d > 7 * 24 * 3600 for d in delays):
+        raise ConfigError(f"{name} needs at least one delay, each between 0 and 604800 seconds")
+    return delays
 
 
 def _float(e: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:

@@ -67,3 +67,21 @@ ORPHANS = Gauge(
 def render() -> tuple[bytes, str]:
     """The exposition text and its content type."""
     return generate_latest(), CONTENT_TYPE_LATEST
+
+WEBHOOK_ATTEMPTS = Counter(
+    "qlara_webhook_attempts_total",
+    "Webhook delivery attempts by outcome (succeeded, failed, dead, gone, superseded).", ["outcome"],
+)
+WEBHOOK_LATENCY = Histogram(
+    "qlara_webhook_delivery_latency_seconds",
+    "From the status change being committed to the partner's 2xx (first success of each delivery).",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200, 36000),
+)
+WEBHOOK_RETRY_QUEUE = Gauge("qlara_webhook_retry_queue_depth", "Deliveries waiting for a retry.")
+WEBHOOK_DEAD = Gauge("qlara_webhook_dead_lettered", "Deliveries whose retries are exhausted (replayable).")
+WEBHOOK_DISABLED = Gauge("qlara_webhook_disabled", "Webhooks disabled (410 or continuous failure).")
+WEBHOOK_BREAKER = Gauge(
+    "qlara_webhook_circuit_state", "Circuit-breaker state per webhook: 0 closed, 1 open, 2 half-open.",
+    ["webhook_id"],
+)
+WEBHOOK_IN_FLIGHT = Gauge("qlara_webhook_in_flight", "Delivery attempts in progress in this process.")

@@ -7,14 +7,16 @@ that are stopped, after in-flight requests finish, when the server shuts down (C
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
-from typing import Final
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Final, Protocol
 
+import asyncpg
 from aiohttp import web
 
 from qlara_events import api, ingress
 from qlara_events.api import app as api_app
 from qlara_events.config import Settings
+from qlara_events.dispatcher.worker import Dispatcher
 from qlara_events.http import READINESS_CHECKS, base_app
 from qlara_events.ingress import app as ingress_app
 from qlara_events.logs import get_logger
@@ -22,7 +24,6 @@ from qlara_events.projector.consumer import Projector
 from qlara_events.store.db import create_pool
 
 ROLES: Final = ("ingress", "api", "projector", "dispatcher")
-PROJECTOR: Final = web.AppKey("projector", Projector)
 
 log = get_logger("server")
 _ = (api, ingress)  # -- the packages document the roles; keep their imports explicit
@@ -41,29 +42,50 @@ def build_app(settings: Settings, roles: Iterable[str]) -> web.Application:
         api_app.setup(app, settings)
     if "projector" in wanted:
         app.cleanup_ctx.append(_projector_ctx(settings))
+    if "dispatcher" in wanted:
+        app.cleanup_ctx.append(_dispatcher_ctx(settings))
     return app
 
 
-def _projector_ctx(settings: Settings):  # type: ignore[no-untyped-def]  # -- returns an aiohttp cleanup_ctx
+CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
+
+
+class _Loop(Protocol):
+    async def run(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+def _loop_ctx(name: str, settings: Settings, make: Callable[[asyncpg.Pool], _Loop], pool_size: int) -> CleanupCtx:
+    """Run a background role (projector, dispatcher) for the application's lifetime."""
+
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        pool = await create_pool(settings, max_size=4)
-        projector = Projector(settings, pool)
-        app[PROJECTOR] = projector
-        task = asyncio.create_task(projector.run(), name="projector")
+        pool = await create_pool(settings, max_size=pool_size)
+        loop = make(pool)
+        task = asyncio.create_task(loop.run(), name=name)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception() is None
+                               or log.error(f"{name}_crashed", error=repr(t.exception())))
 
         async def alive() -> None:
             if task.done():
-                raise RuntimeError("projector loop has stopped")
+                raise RuntimeError(f"{name} loop has stopped")
             await pool.fetchval("select 1")
 
-        app[READINESS_CHECKS].append(("projector", alive))
+        app[READINESS_CHECKS].append((name, alive))
         yield
-        projector.stop()
+        loop.stop()
         try:
             await asyncio.wait_for(task, 30)
         except TimeoutError:
-            log.warning("projector_stop_timeout")
+            log.warning(f"{name}_stop_timeout")
         finally:
             await pool.close()
 
     return ctx
+
+
+def _projector_ctx(settings: Settings) -> CleanupCtx:
+    return _loop_ctx("projector", settings, lambda pool: Projector(settings, pool), 4)
+
+
+def _dispatcher_ctx(settings: Settings) -> CleanupCtx:
+    return _loop_ctx("dispatcher", settings, lambda pool: Dispatcher(settings, pool), 8)

@@ -13,14 +13,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp import web
 
 from qlara_events.config import Settings
 from qlara_events.kafka import ensure_topics
-from qlara_events.server import build_app
 
-from conftest import make_settings
-from support.live import LiveServer, post_events, read_topic, submitted, wait_until
+from support.live import LiveServer, post_events, read_topic, serve, submitted, wait_until
+from support.settings import make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA = ROOT / "deploy" / "local" / "kafka.sh"
@@ -42,14 +40,8 @@ def own_broker() -> Iterator[str]:
 async def ingress(own_broker: str, infra: tuple[str, str]) -> AsyncIterator[LiveServer]:
     settings: Settings = make_settings(own_broker, infra[1], QLARA_INGEST_PRODUCE_TIMEOUT="3")
     await ensure_topics(settings)
-    app = build_app(settings, ["ingress"])
-    runner = web.AppRunner(app, shutdown_timeout=5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # -- started site has a server
-    yield LiveServer(f"http://127.0.0.1:{port}", settings)
-    await runner.cleanup()
+    async with serve(settings, ["ingress"]) as live:
+        yield live
 
 
 class TestKafkaOutage:

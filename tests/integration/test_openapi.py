@@ -11,8 +11,8 @@ from aiohttp import web
 from qlara_events.api.spec import build
 from qlara_events.server import ROLES, build_app
 
-from conftest import make_settings
 from support.live import post_events, status, submitted, wait_until
+from support.settings import make_settings
 
 P = "/partner-gateway/v1"
 

@@ -17,8 +17,8 @@ from aiokafka import AIOKafkaProducer
 from qlara_events.config import Settings
 from qlara_events.kafka import HEADER_VIA, ensure_topics
 
-from conftest import make_settings
 from support.live import read_topic, status, submitted, uid, wait_until
+from support.settings import make_settings
 
 MESSAGES = 3000  # 6,000 events: enough for dozens of 50-event batches
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import aiohttp
 import orjson
+from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 
 from qlara_events.config import Settings
@@ -26,6 +28,22 @@ class LiveServer:
 
     url: str
     settings: Settings
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: Settings, roles: Sequence[str]) -> AsyncIterator[LiveServer]:
+    """Run ``roles`` in this process on a free loopback port."""
+    from qlara_events.server import build_app
+
+    runner = web.AppRunner(build_app(settings, roles), shutdown_timeout=5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # -- started site has a server
+    try:
+        yield LiveServer(f"http://127.0.0.1:{port}", settings)
+    finally:
+        await runner.cleanup()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import orjson
 from aiohttp import web
 
-from qlara_events.api import spec, status
+from qlara_events.api import spec, status, webhooks
 from qlara_events.api.auth import POOL, PREFIX, api_key_auth
 from qlara_events.config import Settings
 from qlara_events.http import READINESS_CHECKS
@@ -34,3 +34,4 @@ def setup(app: web.Application, settings: Settings) -> None:
     app[READINESS_CHECKS].append(("postgres", db_ready))
     app.router.add_get(f"{PREFIX}/openapi.json", openapi)
     status.add_routes(app)
+    webhooks.add_routes(app, settings)

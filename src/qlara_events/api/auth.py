@@ -17,7 +17,7 @@ from qlara_events.store.accounts import Principal, authenticate
 PREFIX: Final = "/partner-gateway/v1"
 PUBLIC_PATHS: Final = frozenset({f"{PREFIX}/openapi.json"})
 POOL: Final = web.AppKey("api_pool", asyncpg.Pool)
-PRINCIPAL: Final = "qlara.principal"
+PRINCIPAL: Final = web.RequestKey("principal", Principal)
 
 
 def get_pool(app: web.Application) -> asyncpg.Pool:

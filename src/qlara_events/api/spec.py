@@ -108,6 +108,7 @@ def build() -> dict[str, Any]:
             },
         },
     }
+    schemas.update(_webhook_schemas(ts))
     p = "/partner-gateway/v1"
     by_message_id = {
         "name": "messageId", "in": "path", "required": True, "schema": {"type": "string"},
@@ -203,6 +204,7 @@ def build() -> dict[str, Any]:
             "responses": {"200": _ok({"type": "object"})},
         }},
     }
+    paths.update(_webhook_paths(p))
     return {
         "openapi": "3.1.0",
         "info": {
@@ -212,6 +214,7 @@ def build() -> dict[str, Any]:
                            "the JSON body {status, error, message}. statusCode table: " + _STATUS_CODE_TABLE + ".",
         },
         "servers": [{"url": "/"}],
+        "webhooks": _partner_webhooks(),
         "security": [{"ApiKey": []}, {"Basic": []}],
         "paths": paths,
         "components": {
@@ -224,4 +227,164 @@ def build() -> dict[str, Any]:
                           "description": "Any user name; the API key as the password"},
             },
         },
+    }
+
+
+def _webhook_schemas(ts: dict[str, Any]) -> dict[str, Any]:
+    nullable_str = {"type": ["string", "null"]}
+    return {
+        "WebhookRequest": {
+            "type": "object", "required": ["callbackUrl"],
+            "properties": {"callbackUrl": {"type": "string", "format": "uri",
+                                           "description": "https:// URL; must not resolve to a private, loopback, "
+                                                          "link-local, CGNAT, multicast or reserved address"}},
+        },
+        "Webhook": {
+            "type": "object",
+            "required": ["id", "callbackUrl", "status", "signingSecret", "createdAt"],
+            "properties": {
+                "id": {"type": "string"},
+                "callbackUrl": {"type": "string"},
+                "status": {"type": "string", "enum": ["ACTIVE", "DISABLED"]},
+                "signingSecret": {"type": "string", "description": "whsec_ + base64 of 32 random bytes "
+                                                                   "(Standard Webhooks)"},
+                "previousSecretExpiresAt": {**ts, "description": "Until then attempts are signed with the "
+                                                                 "previous secret too"},
+                "failingSince": ts, "disabledAt": ts,
+                "disabledReason": nullable_str,
+                "createdAt": ts, "updatedAt": ts,
+            },
+        },
+        "DeliveryAttempt": {
+            "type": "object",
+            "properties": {"attempt": {"type": "integer"}, "attemptedAt": {"type": "string"},
+                           "statusCode": {"type": ["integer", "null"]}, "latencyMs": {"type": "integer"},
+                           "error": nullable_str, "outcome": {"type": "string"}},
+        },
+        "Delivery": {
+            "type": "object",
+            "required": ["deliveryId", "eventType", "status", "attempts", "createdAt"],
+            "properties": {
+                "deliveryId": {"type": "string", "description": "The webhook-id header of every attempt"},
+                "messageId": nullable_str,
+                "eventType": {"type": "string", "enum": ["DELIVERY", "READ", "INBOUND"]},
+                "status": {"type": "string", "enum": ["scheduled", "in_flight", "succeeded", "dead", "superseded"]},
+                "attempts": {"type": "integer"},
+                "createdAt": ts, "lastAttemptAt": ts, "nextAttemptAt": ts, "finishedAt": ts,
+                "responseCode": {"type": ["integer", "null"]},
+                "latencyMs": {"type": ["integer", "null"]},
+                "error": nullable_str,
+                "attemptLog": {"type": "array", "items": {"$ref": "#/components/schemas/DeliveryAttempt"}},
+            },
+        },
+        "DeliveryPage": {
+            "type": "object", "required": ["items", "nextCursor"],
+            "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Delivery"}},
+                           "nextCursor": {**nullable_str, "description": "Pass as cursor for the next page"}},
+        },
+        "DeliveryEvent": {
+            "type": "object",
+            "required": ["eventType", "messageId", "channel", "timestamp", "deliveryStatus"],
+            "properties": {
+                "eventType": {"type": "string", "enum": ["DELIVERY", "READ"]},
+                "messageId": {"type": "string"}, "customerMessageId": {"type": "string"},
+                "destination": {"type": "string"}, "statusCode": {"type": "integer"},
+                "description": {"type": "string"}, "channel": {"$ref": "#/components/schemas/Channel"},
+                "timestamp": {"type": "string", "format": "date-time"},
+                "deliveryStatus": {"$ref": "#/components/schemas/DeliveryStatus"},
+                "error": {"type": "object"},
+            },
+        },
+        "InboundEvent": {
+            "type": "object",
+            "required": ["eventType", "source", "destination", "text", "channel", "messageType", "timestamp"],
+            "properties": {
+                "eventType": {"const": "INBOUND"}, "messageId": {"type": "string"},
+                "source": {"type": "string"}, "destination": {"type": "string"}, "text": {"type": "string"},
+                "channel": {"$ref": "#/components/schemas/Channel"}, "messageType": {"type": "string"},
+                "timestamp": {"type": "string", "format": "date-time"},
+            },
+        },
+    }
+
+
+def _webhook_paths(p: str) -> dict[str, Any]:
+    base = f"{p}/webhooks/delivery-status"
+    tag = ["Webhooks"]
+    body = {"required": True, "content": {JSON: {"schema": _ref("WebhookRequest")}}}
+    none = _error("No webhook configured for this account")
+    bad_url = _error("callbackUrl missing, malformed, not HTTPS, or resolving to a forbidden address")
+    delivery_id = {"name": "deliveryId", "in": "path", "required": True, "schema": {"type": "string"}}
+    window = {"type": "object", "required": ["since", "until"],
+              "properties": {"since": {"type": "string", "format": "date-time"},
+                             "until": {"type": "string", "format": "date-time"}}}
+    return {
+        base: {
+            "post": {"operationId": "createWebhook", "tags": tag, "summary": "Register the delivery-status callback",
+                     "requestBody": body,
+                     "responses": {"201": _ok(_ref("Webhook"), "Created"), "400": bad_url, **_AUTH_ERRORS,
+                                   "409": _error("A webhook already exists (use PUT)")}},
+            "get": {"operationId": "getWebhook", "tags": tag, "summary": "The configured callback and its secret",
+                    "responses": {"200": _ok(_ref("Webhook")), **_AUTH_ERRORS, "404": none}},
+            "put": {"operationId": "replaceWebhook", "tags": tag,
+                    "summary": "Replace the URL (re-enables a disabled webhook); never creates",
+                    "requestBody": body,
+                    "responses": {"200": _ok(_ref("Webhook")), "400": bad_url, **_AUTH_ERRORS, "404": none}},
+            "delete": {"operationId": "deleteWebhook", "tags": tag,
+                       "summary": "Revoke the callback; queued deliveries are dropped",
+                       "responses": {"204": {"description": "Deleted"}, **_AUTH_ERRORS, "404": none}},
+        },
+        f"{base}/rotate-secret": {"post": {
+            "operationId": "rotateWebhookSecret", "tags": tag,
+            "summary": "New signing secret; the old one also signs for QLARA_WEBHOOK_ROTATION_OVERLAP (24 h)",
+            "responses": {"200": _ok(_ref("Webhook")), **_AUTH_ERRORS, "404": none}}},
+        f"{base}/deliveries": {"get": {
+            "operationId": "listDeliveries", "tags": tag,
+            "summary": "Delivery log: attempts with time, response code, latency, error, next attempt",
+            "parameters": [
+                {"name": "status", "in": "query", "schema": {"type": "string"},
+                 "description": "Comma-separated: scheduled, in_flight, succeeded, dead, superseded"},
+                {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                {"name": "until", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                {"name": "messageId", "in": "query", "schema": {"type": "string"}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {"200": _ok(_ref("DeliveryPage")), "400": _error("Invalid filter"), **_AUTH_ERRORS,
+                          "404": none}}},
+        f"{base}/deliveries/recover": {"post": {
+            "operationId": "recoverDeliveries", "tags": tag,
+            "summary": "Reschedule every failed or dead delivery created in [since, until)",
+            "requestBody": {"required": True, "content": {JSON: {"schema": window}}},
+            "responses": {"202": _ok({"type": "object", "properties": {"scheduled": {"type": "integer"}}}),
+                          "400": _error("since/until missing or invalid"), **_AUTH_ERRORS, "404": none}}},
+        f"{base}/deliveries/{{deliveryId}}/retry": {"post": {
+            "operationId": "retryDelivery", "tags": tag, "summary": "Attempt one delivery again now",
+            "parameters": [delivery_id],
+            "responses": {"202": _ok({"type": "object"}), **_AUTH_ERRORS,
+                          "404": _error("No such delivery, or it is being attempted")}}},
+    }
+
+
+def _partner_webhooks() -> dict[str, Any]:
+    """What partners receive (OpenAPI 3.1 ``webhooks``), signed with Standard Webhooks headers."""
+    headers = {
+        "webhook-id": {"schema": {"type": "string"}, "description": "Stable across retries: deduplicate on it"},
+        "webhook-timestamp": {"schema": {"type": "integer"}, "description": "Unix seconds of this attempt"},
+        "webhook-signature": {"schema": {"type": "string"},
+                              "description": "v1,<base64 HMAC-SHA256 of id.timestamp.body>; two during rotation"},
+    }
+    params = [{"name": k, "in": "header", "required": True, **v} for k, v in headers.items()]
+
+    def hook(summary: str, schema: str) -> dict[str, Any]:
+        return {"post": {
+            "summary": summary, "parameters": params,
+            "requestBody": {"required": True, "content": {JSON: {"schema": _ref(schema)}}},
+            "responses": {"2XX": {"description": "Acknowledged; anything else (3xx included) is retried; "
+                                                 "410 disables the webhook"}},
+        }}
+
+    return {
+        "deliveryStatus": hook("A message's status changed (eventType DELIVERY or READ)", "DeliveryEvent"),
+        "inboundMessage": hook("An end user sent a message (eventType INBOUND)", "InboundEvent"),
     }

@@ -1,5 +1,6 @@
 """The dispatcher role: ``qlara.status-changes`` → signed partner webhooks (retries, isolation, SSRF guard).
 
-Not built yet (see the partner-webhooks issue): the role starts, serves /metrics and /healthz, and
-consumes nothing, so status changes wait in Kafka until it exists.
+``worker.py`` runs the intake and delivery loops; ``payloads.py`` builds the exact bytes sent;
+``sender.py`` signs and POSTs them; ``policy.py`` decides retries and circuit breaking; ``ssrf.py`` guards
+destinations. The queue and delivery log live in ``store/webhooks.py``; docs/webhooks.md has the contract.
 """

@@ -433,12 +433,14 @@ if not callable(getattr(aiohttp.TCPConnector, "_resolve_host", None)):  # pragma
 class _GuardedConnector(aiohttp.TCPConnector):
     """TCPConnector that checks every address right before connecting, IP literals included, and refuses proxies."""
 
-    def __init__(self, *, allowed: Sequence[IPNetwork], limit_per_host: int, resolver: AbstractResolver | None) -> None:
+    def __init__(self, *, allowed: Sequence[IPNetwork], limit_per_host: int, resolver: AbstractResolver | None,
+                 limit: int = 100) -> None:
         self._ssrf_allowed = tuple(allowed)
         # No DNS cache: every attempt resolves afresh, so a partner's DNS change (or a newly forbidden answer)
         # takes effect at once. Safety does not depend on it: _resolve_host checks cache hits too.
         super().__init__(
-            resolver=GuardedResolver(allowed, resolver), use_dns_cache=False, limit_per_host=limit_per_host
+            resolver=GuardedResolver(allowed, resolver), use_dns_cache=False, limit_per_host=limit_per_host,
+            limit=limit,
         )
 
     async def _resolve_host(
@@ -473,7 +475,8 @@ class _GuardedConnector(aiohttp.TCPConnector):
 
 
 def guarded_connector(
-    *, allowed: Sequence[IPNetwork], limit_per_host: int, resolver: AbstractResolver | None = None
+    *, allowed: Sequence[IPNetwork], limit_per_host: int, resolver: AbstractResolver | None = None,
+    limit: int = 100,
 ) -> aiohttp.TCPConnector:
     """A TCPConnector that only connects to deliverable addresses (create it inside a running loop).
 
@@ -484,4 +487,4 @@ def guarded_connector(
     or ``trust_env=True``) are refused the same way. Callers still run :func:`check_url` on every attempt (scheme,
     credentials, syntax) and pass ``allow_redirects=False``. A ``resolver`` passed in stays the caller's to close.
     """
-    return _GuardedConnector(allowed=allowed, limit_per_host=limit_per_host, resolver=resolver)
+    return _GuardedConnector(allowed=allowed, limit_per_host=limit_per_host, resolver=resolver, limit=limit)

@@ -27,7 +27,7 @@ from qlara_events.errors import InvalidEvent
 from qlara_events.kafka import HEADER_RECEIVED_AT, HEADER_VIA, header, make_consumer, make_producer
 from qlara_events.logs import get_logger
 from qlara_events.projector.outbox import relay
-from qlara_events.store.projection import Incoming, apply_batch
+from qlara_events.store.projection import BatchResult, Incoming, apply_batch
 
 log = get_logger("projector")
 
@@ -55,9 +55,9 @@ TRANSIENT = (
 Record: TypeAlias = ConsumerRecord
 
 
-def decode(records: Sequence[Record]) -> tuple[list[Incoming], list[tuple[Record, str]]]:
+def decode(records: Sequence[Record]) -> tuple[list[tuple[Record, Incoming]], list[tuple[Record, str]]]:
     """Parse records into events; unreadable ones come back separately with the reason."""
-    good: list[Incoming] = []
+    good: list[tuple[Record, Incoming]] = []
     bad: list[tuple[Record, str]] = []
     for rec in records:
         hdrs = list(rec.headers or ())
@@ -69,7 +69,7 @@ def decode(records: Sequence[Record]) -> tuple[list[Incoming], list[tuple[Record
         except (orjson.JSONDecodeError, InvalidEvent, ValueError) as exc:
             bad.append((rec, str(exc)))
             continue
-        good.append(Incoming(event, header(hdrs, HEADER_VIA) or "unknown", received_at))
+        good.append((rec, Incoming(event, header(hdrs, HEADER_VIA) or "unknown", received_at)))
     return good, bad
 
 
@@ -116,32 +116,69 @@ class Projector:
         self._stopping.set()
 
     async def _apply(self, records: list[Record]) -> None:
-        good, bad = decode(records)
+        pairs, bad = decode(records)
+        good = [inc for _, inc in pairs]
         structlog.contextvars.bind_contextvars(batch_first_event=good[0].event.id if good else None)
         delay = 0.1
+        started = time.perf_counter()
         while True:
-            started = time.perf_counter()
             try:
                 async with self._pool.acquire() as conn:
                     result = await apply_batch(conn, good, status_topic=self._settings.topics.status_changes)
-                    if bad:
-                        await conn.execute(SQL_UNREADABLE, *_unreadable_columns(bad))
                 break
             except TRANSIENT as exc:
                 metrics.PROJECTOR_RETRIES.labels(type(exc).__name__).inc()
                 log.warning("batch_retry", error=repr(exc), events=len(good), retry_in_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            except Exception:  # -- a poison event: isolate it instead of stalling the partition forever
+                log.exception("batch_failed_isolating", events=len(good))
+                result, poisoned = await self._isolate(pairs)
+                bad += poisoned
+                break
+        if bad:
+            await self._store_unreadable(bad)
         self.batches += 1
         metrics.PROJECTOR_BATCH_SIZE.observe(len(records))
         metrics.PROJECTOR_BATCH_DURATION.observe(time.perf_counter() - started)
         for (typ, effect), n in result.effects.items():
             metrics.PROJECTOR_EVENTS.labels(typ, effect).inc(n)
         for t in result.transitions:
-            metrics.TRANSITIONS.labels(t["status"], t["channel"]).inc()
+            if t.get("kind") != "inbound":
+                metrics.TRANSITIONS.labels(t["status"], t["channel"]).inc()
         if bad:
             log.error("unreadable_records", count=len(bad), first_error=bad[0][1])
         structlog.contextvars.unbind_contextvars("batch_first_event")
+
+    async def _isolate(self, pairs: list[tuple[Record, Incoming]]) -> tuple[BatchResult, list[tuple[Record, str]]]:
+        """Apply events one by one; those that still fail are returned to be kept as unreadable."""
+        total = BatchResult()
+        poisoned: list[tuple[Record, str]] = []
+        for rec, inc in pairs:
+            while True:
+                try:
+                    async with self._pool.acquire() as conn:
+                        one = await apply_batch(conn, [inc], status_topic=self._settings.topics.status_changes)
+                    total.effects.update(one.effects)
+                    total.transitions += one.transitions
+                    break
+                except TRANSIENT as exc:
+                    log.warning("isolate_retry", error=repr(exc))
+                    await asyncio.sleep(0.5)
+                except Exception as exc:  # -- this event cannot be applied: keep it, move on
+                    metrics.PROJECTOR_EVENTS.labels(inc.event.type, "poison").inc()
+                    poisoned.append((rec, f"{type(exc).__name__}: {exc}"[:1000]))
+                    break
+        return total, poisoned
+
+    async def _store_unreadable(self, bad: list[tuple[Record, str]]) -> None:
+        while True:
+            try:
+                await self._pool.execute(SQL_UNREADABLE, *_unreadable_columns(bad))
+                return
+            except TRANSIENT as exc:
+                log.warning("unreadable_store_retry", error=repr(exc))
+                await asyncio.sleep(0.5)
 
     async def _commit(self, batch: dict[TopicPartition, list[Record]]) -> None:
         assert self._consumer is not None

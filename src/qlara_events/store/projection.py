@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import asyncpg
+import orjson
 
 from qlara_events.domain.events import Event, Inbound, StatusReport, Submitted, parse_event, to_json
 from qlara_events.domain.projection import Effect, MessageState, Transition, apply_report
@@ -93,13 +94,14 @@ SQL_INSERT_INBOUND: Final = """
 insert into inbound_messages (event_id, account_id, channel, source, destination, text, message_type,
                               provider, provider_message_id, media, occurred_at)
 select v.event_id, coalesce(v.account_id, sa.account_id), v.channel, v.source, v.destination, v.text,
-       v.message_type, v.provider, v.provider_message_id, v.media, v.occurred_at
+       v.message_type, v.provider, v.provider_message_id, v.media::jsonb, v.occurred_at
 from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-            $9::text[], $10::jsonb[], $11::timestamptz[])
+            $9::text[], $10::text[], $11::timestamptz[])
      as v(event_id, account_id, channel, source, destination, text, message_type, provider,
           provider_message_id, media, occurred_at)
 left join sender_addresses sa on sa.channel = v.channel and sa.address = v.destination
 on conflict (event_id) do nothing
+returning event_id, account_id
 """
 
 SQL_EXISTING_MESSAGES: Final = "select message_id from messages where message_id = any($1::text[])"
@@ -209,7 +211,7 @@ async def apply_batch(conn: Conn, batch: Sequence[Incoming], *, status_topic: st
 
         created = await _insert_submissions(conn, new_subs)
         if inbound:
-            await _insert_inbound(conn, inbound)
+            result.transitions.extend(await _insert_inbound(conn, inbound))
             rows.extend(_Row(inc, None, Effect.INBOUND) for inc in inbound)
 
         # Receipts to apply: this batch's, plus orphans waiting for a message created in this batch.
@@ -279,15 +281,29 @@ async def _insert_submissions(conn: Conn, evs: list[Submitted]) -> set[str]:
     return {r["message_id"] for r in created}
 
 
-async def _insert_inbound(conn: Conn, items: list[Incoming]) -> None:
-    evs: list[Inbound] = [i.event for i in items]  # type: ignore[misc]  # -- filtered by type above
-    await conn.execute(
+async def _insert_inbound(conn: Conn, items: list[Incoming]) -> list[dict[str, Any]]:
+    """Store inbound messages; return the change records of those routed to an account."""
+    evs = [ev for ev in (i.event for i in items) if isinstance(ev, Inbound)]
+    rows = await conn.fetch(
         SQL_INSERT_INBOUND,
         [e.id for e in evs], [e.account_id for e in evs], [e.channel.value for e in evs],
         [e.source for e in evs], [e.destination for e in evs], [e.text for e in evs],
         [e.message_type for e in evs], [e.provider for e in evs], [e.provider_message_id for e in evs],
-        [[dict(m) for m in e.media] for e in evs], [e.occurred_at for e in evs],
+        # As text: asyncpg would read a list-valued jsonb[] element as another array dimension.
+        [orjson.dumps([dict(m) for m in e.media]).decode() for e in evs], [e.occurred_at for e in evs],
     )
+    routed = {r["event_id"]: r["account_id"] for r in rows if r["account_id"]}
+    now = _iso(dt.datetime.now(dt.UTC))
+    return [
+        {"id": f"inbound:{e.id}", "kind": "inbound", "messageId": e.id, "accountId": routed[e.id],
+         "channel": e.channel.value, "source": e.source, "destination": e.destination, "text": e.text,
+         "messageType": e.message_type, "occurredAt": _iso(e.occurred_at), "changedAt": now}
+        for e in evs if e.id in routed
+    ]
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 async def _orphans_for(conn: Conn, subs: list[Submitted]) -> list[Incoming]:
@@ -412,7 +428,8 @@ def _change_payload(t: Transition, state: MessageState, info: asyncpg.Record) ->
         "previousStatus": t.previous.value,
         "statusCode": t.status.code,
         "description": state.description,
-        "occurredAt": t.occurred_at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
+        "occurredAt": _iso(t.occurred_at),
+        "changedAt": _iso(dt.datetime.now(dt.UTC)),
         "eventId": t.event_id,
     }
     if state.status.is_failure and state.error_code:
