@@ -30,6 +30,9 @@ DEV_SECRETS: Final[Mapping[str, str]] = {
 #: Svix's schedule: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (each ±20 % jitter).
 DEFAULT_RETRY_SCHEDULE: Final = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
+#: Qlara's documented plans: production 1,000 requests/min with 50/s bursts; trial 100/min, 10/s.
+DEFAULT_PLANS: Final[Mapping[str, tuple[int, int]]] = {"production": (1000, 50), "trial": (100, 10)}
+
 DEFAULT_DATABASE_URL: Final = "postgresql://postgres@127.0.0.1:55432/qlara"
 DEFAULT_KAFKA_BOOTSTRAP: Final = "127.0.0.1:9092"
 
@@ -119,6 +122,10 @@ class Settings:
     webhook_lease_margin_s: float = 30.0
     consumer_group_dispatcher: str = "qlara-dispatcher"
 
+    #: Rate-limit plans: name -> (requests per minute, requests per second burst).
+    rate_limit_plans: Mapping[str, tuple[int, int]] = dataclasses.field(
+        default_factory=lambda: dict(DEFAULT_PLANS))
+
     log_level: str = "info"
     log_format: str = "json"
 
@@ -184,6 +191,7 @@ class Settings:
             webhook_breaker_cooldown_s=_float(e, "QLARA_WEBHOOK_BREAKER_COOLDOWN", 30.0, 0.1, 3600.0),
             webhook_lease_margin_s=_float(e, "QLARA_WEBHOOK_LEASE_MARGIN", 30.0, 0.1, 3600.0),
             consumer_group_dispatcher=opt("QLARA_DISPATCHER_GROUP") or "qlara-dispatcher",
+            rate_limit_plans=_plans(e, "QLARA_RATE_LIMIT_PLANS"),
             log_level=(opt("QLARA_LOG_LEVEL") or "info").lower(),
             log_format=log_format,
         )
@@ -211,6 +219,23 @@ def _bool(e: Mapping[str, str], name: str, default: bool) -> bool:
     if raw in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name} must be true or false")
+
+
+def _plans(e: Mapping[str, str], name: str) -> dict[str, tuple[int, int]]:
+    raw = e.get(name, "").strip()
+    if not raw:
+        return dict(DEFAULT_PLANS)
+    plans = dict(DEFAULT_PLANS)
+    for item in raw.split(","):
+        plan, _, limits = item.strip().partition(":")
+        per_min, _, burst = limits.partition("/")
+        try:
+            plans[plan.strip()] = (int(per_min), int(burst))
+        except ValueError:
+            raise ConfigError(f"{name} must look like production:1000/50,trial:100/10") from None
+        if not plan.strip() or plans[plan.strip()][0] < 1 or plans[plan.strip()][1] < 1:
+            raise ConfigError(f"{name}: every plan needs a name and positive limits")
+    return plans
 
 
 def _schedule(e: Mapping[str, str], name: str) -> tuple[float, ...]:

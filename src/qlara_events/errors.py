@@ -79,6 +79,16 @@ class UnsupportedMediaType(QlaraError):
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
 
 
+class TooManyRequests(QlaraError):
+    """The key's rate limit is exhausted; retry after ``retry_after`` s (Qlara's documented 429 body)."""
+
+    status = HTTPStatus.TOO_MANY_REQUESTS
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"Rate limit exceeded. Please retry after {retry_after} seconds.", retryAfter=retry_after)
+        self.retry_after = retry_after
+
+
 class Unavailable(QlaraError):
     """A dependency (Kafka, Postgres) is unavailable; the caller should retry after ``retry_after`` s."""
 

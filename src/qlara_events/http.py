@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from qlara_events import metrics
-from qlara_events.errors import PayloadTooLarge, QlaraError, Unavailable
+from qlara_events.errors import PayloadTooLarge, QlaraError, TooManyRequests, Unavailable
 from qlara_events.logs import get_logger
 
 log = get_logger("http")
@@ -74,7 +74,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     """Turn every error into the documented JSON body; never leak a traceback."""
     try:
         return await handler(request)
-    except Unavailable as exc:
+    except (Unavailable, TooManyRequests) as exc:
         return json_response(exc.body(), status=exc.status, headers={"Retry-After": str(exc.retry_after)})
     except QlaraError as exc:
         return json_response(exc.body(), status=exc.status)

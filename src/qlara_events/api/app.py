@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 
+import asyncpg
 import orjson
 from aiohttp import web
 
-from qlara_events.api import spec, status, webhooks
-from qlara_events.api.auth import POOL, PREFIX, api_key_auth
+from qlara_events.api import keys, spec, status, webhooks
+from qlara_events.api.auth import PLANS, POOL, PREFIX, api_key_auth, rate_limit_headers
 from qlara_events.config import Settings
 from qlara_events.http import READINESS_CHECKS
+from qlara_events.logs import get_logger
+from qlara_events.store import ratelimit
 from qlara_events.store.db import create_pool
+
+log = get_logger("api")
+
+
+async def _prune_rate_counters(pool: asyncpg.Pool) -> None:
+    """Delete expired rate-limit windows once a minute (any api process may do it; it is idempotent)."""
+    while True:
+        await asyncio.sleep(60)
+        try:
+            await ratelimit.prune(pool, time.time())
+        except (asyncpg.PostgresError, OSError) as exc:
+            log.warning("rate_counter_prune_failed", error=repr(exc))
 
 
 def setup(app: web.Application, settings: Settings) -> None:
     """Add the API routes, the key middleware and a Postgres pool to ``app``."""
     app.middlewares.append(api_key_auth)
+    app.on_response_prepare.append(rate_limit_headers)
+    app[PLANS] = dict(settings.rate_limit_plans)
     document = orjson.dumps(spec.build())
 
     async def openapi(_: web.Request) -> web.Response:
@@ -24,7 +43,9 @@ def setup(app: web.Application, settings: Settings) -> None:
 
     async def pool_ctx(a: web.Application) -> AsyncIterator[None]:
         a[POOL] = await create_pool(settings)
+        pruner = asyncio.create_task(_prune_rate_counters(a[POOL]), name="rate-counter-pruner")
         yield
+        pruner.cancel()
         await a[POOL].close()
 
     async def db_ready() -> None:
@@ -35,3 +56,4 @@ def setup(app: web.Application, settings: Settings) -> None:
     app.router.add_get(f"{PREFIX}/openapi.json", openapi)
     status.add_routes(app)
     webhooks.add_routes(app, settings)
+    keys.add_routes(app)

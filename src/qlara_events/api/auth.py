@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from typing import Final
 
 import asyncpg
 import structlog
 from aiohttp import web
 
-from qlara_events.errors import Forbidden, Unauthorized
+from qlara_events.errors import Forbidden, TooManyRequests, Unauthorized
 from qlara_events.http import Handler
+from qlara_events.store import ratelimit
 from qlara_events.store.accounts import Principal, authenticate
 
 PREFIX: Final = "/partner-gateway/v1"
 PUBLIC_PATHS: Final = frozenset({f"{PREFIX}/openapi.json"})
 POOL: Final = web.AppKey("api_pool", asyncpg.Pool)
+PLANS: Final = web.AppKey("rate_limit_plans", dict[str, tuple[int, int]])
+VERDICT: Final = web.RequestKey("rate_limit", ratelimit.Verdict)
 PRINCIPAL: Final = web.RequestKey("principal", Principal)
 
 
@@ -67,4 +71,20 @@ async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResp
         raise Unauthorized("invalid API key")
     request[PRINCIPAL] = found
     structlog.contextvars.bind_contextvars(account_id=found.account_id)
+    plans = request.app[PLANS]
+    per_minute, burst = plans.get(found.plan, plans["production"])
+    verdict = await ratelimit.hit(get_pool(request.app), found.key_id, time.time(), per_minute=per_minute,
+                                  burst=burst)
+    request[VERDICT] = verdict
+    if not verdict.allowed:
+        raise TooManyRequests(verdict.retry_after)
     return await handler(request)
+
+
+async def rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``X-RateLimit-*`` on every authenticated response, errors and 429s included."""
+    verdict = request.get(VERDICT)
+    if verdict is not None:
+        response.headers["X-RateLimit-Limit"] = str(verdict.limit)
+        response.headers["X-RateLimit-Remaining"] = str(verdict.remaining)
+        response.headers["X-RateLimit-Reset"] = str(verdict.reset)

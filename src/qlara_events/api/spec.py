@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from qlara_events import __version__
+from qlara_events.api import spec_keys
 from qlara_events.domain.status import STATUS_CODES, Channel, DeliveryStatus
 
 JSON = "application/json"
@@ -205,13 +206,16 @@ def build() -> dict[str, Any]:
         }},
     }
     paths.update(_webhook_paths(p))
+    paths.update(spec_keys.paths(p))
+    schemas.update(spec_keys.schemas())
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "Qlara Platform API (qlara-events)",
             "version": __version__,
             "description": "Delivery status, history and webhooks served by qlara-events. Errors always carry "
-                           "the JSON body {status, error, message}. statusCode table: " + _STATUS_CODE_TABLE + ".",
+                           "the JSON body {status, error, message}. statusCode table: " + _STATUS_CODE_TABLE + "."
+                           + spec_keys.RATE_LIMIT_NOTE,
         },
         "servers": [{"url": "/"}],
         "webhooks": _partner_webhooks(),

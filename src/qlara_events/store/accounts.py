@@ -22,6 +22,7 @@ class Principal:
     account_id: str
     key_id: str
     operations: frozenset[str] | None
+    plan: str = "production"
 
 
 def hash_key(raw: str) -> bytes:
@@ -43,20 +44,53 @@ async def create_account(conn: Conn, name: str) -> tuple[str, str]:
     return account_id, raw
 
 
-async def create_key(conn: Conn, account_id: str, *, name: str | None = None,
-                     operations: list[str] | None = None) -> str:
+async def create_key(conn: Conn | asyncpg.Pool, account_id: str, *, name: str | None = None,
+                     operations: list[str] | None = None, description: str | None = None) -> str:
     """Create an API key for an account; return the raw key (never stored)."""
-    raw = new_key()
-    await conn.execute(
-        "insert into api_keys (key_id, account_id, key_hash, key_prefix, name, operations)"
-        " values ($1, $2, $3, $4, $5, $6)",
-        str(uuid.uuid4()), account_id, hash_key(raw), raw[:10], name, operations,
-    )
+    raw, _ = await create_key_row(conn, account_id, name=name, operations=operations, description=description)
     return raw
 
 
+async def create_key_row(conn: Conn | asyncpg.Pool, account_id: str, *, name: str | None = None,
+                         operations: list[str] | None = None,
+                         description: str | None = None) -> tuple[str, asyncpg.Record]:
+    """Create an API key; return the raw key (shown once, never stored) and its stored row."""
+    raw = new_key()
+    row = await conn.fetchrow(
+        "insert into api_keys (key_id, account_id, key_hash, key_prefix, name, operations, description)"
+        " values ($1, $2, $3, $4, $5, $6, $7) returning " + KEY_COLUMNS,
+        str(uuid.uuid4()), account_id, hash_key(raw), raw[:10], name, operations, description,
+    )
+    assert row is not None
+    return raw, row
+
+
+KEY_COLUMNS: Final = "key_id, key_prefix, name, description, operations, created_at"
+
+
+async def list_keys(db: Conn | asyncpg.Pool, account_id: str) -> list[asyncpg.Record]:
+    """The account's active keys, oldest first (never their value: it is not stored)."""
+    return list(await db.fetch(
+        f"select {KEY_COLUMNS} from api_keys where account_id = $1 and revoked_at is null order by created_at",
+        account_id))
+
+
+async def key_by_value(db: Conn | asyncpg.Pool, account_id: str, raw: str) -> asyncpg.Record | None:
+    """An active key of the account by its raw value (looked up by digest)."""
+    return await db.fetchrow(
+        f"select {KEY_COLUMNS} from api_keys where account_id = $1 and key_hash = $2 and revoked_at is null",
+        account_id, hash_key(raw))
+
+
+async def revoke(db: Conn | asyncpg.Pool, account_id: str, key_id: str) -> bool:
+    """Revoke a key at once: the next request with it is a 401."""
+    return await db.fetchval(
+        "update api_keys set revoked_at = now() where account_id = $1 and key_id = $2 and revoked_at is null"
+        " returning true", account_id, key_id) is True
+
+
 SQL_AUTH: Final = """
-select k.key_id, k.account_id, k.operations from api_keys k
+select k.key_id, k.account_id, k.operations, a.plan from api_keys k join accounts a using (account_id)
 where k.key_hash = $1 and k.revoked_at is null
 """
 
@@ -67,4 +101,4 @@ async def authenticate(conn: Conn | asyncpg.Pool, raw: str) -> Principal | None:
     if row is None:
         return None
     ops = row["operations"]
-    return Principal(row["account_id"], row["key_id"], frozenset(ops) if ops else None)
+    return Principal(row["account_id"], row["key_id"], frozenset(ops) if ops else None, row["plan"])

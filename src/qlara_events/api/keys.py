@@ -1,0 +1,92 @@
+"""API keys (Qlara §10): list, look up, create (shown once), revoke (immediate)."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import asyncpg
+import orjson
+from aiohttp import web
+
+from qlara_events.api.auth import PREFIX, get_pool, principal
+from qlara_events.domain.status import Channel
+from qlara_events.errors import BadRequest, NotFound
+from qlara_events.http import json_response
+from qlara_events.store import accounts
+
+BASE: Final = f"{PREFIX}/authentication"
+
+
+def key_json(r: asyncpg.Record) -> dict[str, Any]:
+    """A key's metadata; its value is never stored, so it can never be returned."""
+    return {
+        "id": r["key_id"],
+        "name": r["name"],
+        "description": r["description"],
+        "prefix": r["key_prefix"],
+        "operations": list(r["operations"]) if r["operations"] else None,
+        "status": "ACTIVE",
+        "createdAt": r["created_at"].isoformat().replace("+00:00", "Z"),
+    }
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    """GET /authentication: the account's active keys (``userId`` is accepted and ignored: keys belong
+    to the account, not to a user)."""
+    rows = await accounts.list_keys(get_pool(request.app), principal(request).account_id)
+    return json_response([key_json(r) for r in rows])
+
+
+async def get_key(request: web.Request) -> web.Response:
+    """GET /authentication/{value}: look a key up by its raw value (404 unless it is this account's)."""
+    row = await accounts.key_by_value(get_pool(request.app), principal(request).account_id,
+                                      request.match_info["value"])
+    if row is None:
+        raise NotFound("no active key with this value in the account")
+    return json_response(key_json(row))
+
+
+def _optional_text(body: dict[str, Any], name: str, limit: int) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > limit:
+        raise BadRequest(f"{name} must be a string of at most {limit} characters")
+    return value
+
+
+async def create_key(request: web.Request) -> web.Response:
+    """POST /authentication: a new key, returned once in ``apiKey``."""
+    raw_body = await request.read()
+    try:
+        body = orjson.loads(raw_body) if raw_body.strip() else {}
+    except orjson.JSONDecodeError:
+        raise BadRequest("body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    operations = body.get("operations")
+    ops: list[str] | None = None
+    if operations is not None:
+        if not isinstance(operations, list) or not operations or \
+                not all(isinstance(o, str) and o in Channel.__members__ for o in operations):
+            raise BadRequest("operations must be a non-empty array of SMS, RCS, WHATSAPP")
+        ops = sorted(set(operations))
+    raw, row = await accounts.create_key_row(
+        get_pool(request.app), principal(request).account_id, name=_optional_text(body, "name", 200),
+        operations=ops, description=_optional_text(body, "description", 1000))
+    return json_response({**key_json(row), "apiKey": raw}, status=201)
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    """DELETE /authentication/{id}: revoke now; the next request with the key is a 401."""
+    if not await accounts.revoke(get_pool(request.app), principal(request).account_id, request.match_info["value"]):
+        raise NotFound("no active key with this id in the account")
+    return web.Response(status=204)
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the key routes."""
+    app.router.add_get(BASE, list_keys)
+    app.router.add_post(BASE, create_key)
+    app.router.add_get(f"{BASE}/{{value}}", get_key)
+    app.router.add_delete(f"{BASE}/{{value}}", revoke_key)

@@ -1,0 +1,81 @@
+"""OpenAPI fragment for API keys and the rate-limit contract shared by every Platform API response."""
+
+from __future__ import annotations
+
+from typing import Any
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": _ref("Error")}}}
+
+
+def schemas() -> dict[str, Any]:
+    """Component schemas."""
+    key: dict[str, Any] = {
+        "type": "object", "required": ["id", "prefix", "status", "createdAt"],
+        "properties": {
+            "id": {"type": "string"}, "name": {"type": ["string", "null"]},
+            "description": {"type": ["string", "null"]},
+            "prefix": {"type": "string", "description": "The key's first characters, to recognise it"},
+            "operations": {"type": ["array", "null"], "items": _ref("Channel"),
+                           "description": "Channels the key may use; null = all"},
+            "status": {"const": "ACTIVE"}, "createdAt": {"type": "string", "format": "date-time"},
+        },
+    }
+    return {
+        "ApiKey": key,
+        "NewApiKey": {**key, "required": [*key["required"], "apiKey"],
+                      "properties": {**key["properties"],
+                                     "apiKey": {"type": "string", "description": "Shown once, never again"}}},
+        "ApiKeyRequest": {
+            "type": "object",
+            "properties": {"name": {"type": "string", "maxLength": 200},
+                           "description": {"type": "string", "maxLength": 1000},
+                           "operations": {"type": "array", "minItems": 1, "items": _ref("Channel")}},
+        },
+    }
+
+
+def paths(p: str) -> dict[str, Any]:
+    """Path items."""
+    auth = {"401": _error("API key missing, invalid or revoked"), "429": _error("Rate limit exceeded")}
+    value = {"name": "value", "in": "path", "required": True, "schema": {"type": "string"},
+             "description": "GET: the raw key value; DELETE: the key id"}
+    return {
+        f"{p}/authentication": {
+            "get": {"operationId": "listApiKeys", "tags": ["API keys"], "summary": "The account's keys (no values)",
+                    "parameters": [{"name": "userId", "in": "query", "schema": {"type": "string"},
+                                    "description": "Accepted for compatibility; keys belong to the account"}],
+                    "responses": {"200": {"description": "OK", "content": {
+                        JSON: {"schema": {"type": "array", "items": _ref("ApiKey")}}}}, **auth}},
+            "post": {"operationId": "createApiKey", "tags": ["API keys"],
+                     "summary": "Create a key, active at once; its value is returned only here",
+                     "requestBody": {"content": {JSON: {"schema": _ref("ApiKeyRequest")}}},
+                     "responses": {"201": {"description": "Created", "content": {
+                         JSON: {"schema": _ref("NewApiKey")}}}, "400": _error("Invalid body"), **auth}},
+        },
+        f"{p}/authentication/{{value}}": {
+            "get": {"operationId": "getApiKeyByValue", "tags": ["API keys"], "summary": "Look a key up by its value",
+                    "parameters": [value],
+                    "responses": {"200": {"description": "OK", "content": {JSON: {"schema": _ref("ApiKey")}}},
+                                  **auth, "404": _error("No such key in the account")}},
+            "delete": {"operationId": "revokeApiKey", "tags": ["API keys"],
+                       "summary": "Revoke a key now (the next request with it is a 401)", "parameters": [value],
+                       "responses": {"204": {"description": "Revoked"}, **auth,
+                                     "404": _error("No such key in the account")}},
+        },
+    }
+
+
+RATE_LIMIT_NOTE = (
+    " Every authenticated response carries X-RateLimit-Limit (requests per minute of the key's plan), "
+    "X-RateLimit-Remaining and X-RateLimit-Reset (Unix seconds when the minute window ends); past the limit "
+    "(1,000/min with 50/s bursts by default) the answer is 429 with Retry-After and "
+    "{status, error, message, retryAfter}."
+)
