@@ -22,7 +22,7 @@ from qlara_events.config import ConfigError, Settings
 from qlara_events.kafka import ensure_topics
 from qlara_events.server import ROLES, build_app
 from qlara_events.standard_webhooks import secret_key, signature_header
-from qlara_events.store import accounts
+from qlara_events.store import accounts, inbox
 from qlara_events.store.db import create_pool
 from qlara_events.store.migrate import migrate
 
@@ -122,6 +122,21 @@ def cmd_accounts_create(args: argparse.Namespace) -> None:
     sys.stdout.write(orjson.dumps({"accountId": account_id, "apiKey": raw}).decode() + "\n")
 
 
+def cmd_users_create(args: argparse.Namespace) -> None:
+    """Create an account user (an inbox assignee) and print it as JSON."""
+    settings = _settings(args)
+
+    async def run() -> int:
+        pool = await create_pool(settings, max_size=2)
+        try:
+            return await inbox.create_user(pool, args.account, args.name, args.email)
+        finally:
+            await pool.close()
+
+    user_id = asyncio.run(run())
+    sys.stdout.write(orjson.dumps({"userId": user_id, "accountId": args.account, "name": args.name}).decode() + "\n")
+
+
 def cmd_senders_add(args: argparse.Namespace) -> None:
     """Route inbound messages sent to an address (a number or agent id) to an account."""
     settings = _settings(args)
@@ -174,6 +189,13 @@ def parser() -> argparse.ArgumentParser:
     create = acc.add_parser("create", help="create an account and its first API key")
     create.add_argument("--name", required=True)
     create.set_defaults(func=cmd_accounts_create)
+
+    usr = sub.add_parser("users", help="manage account users").add_subparsers(dest="action", required=True)
+    ucreate = usr.add_parser("create", help="create a user (assignable to inbox conversations)")
+    ucreate.add_argument("--account", required=True)
+    ucreate.add_argument("--name", required=True)
+    ucreate.add_argument("--email")
+    ucreate.set_defaults(func=cmd_users_create)
 
     snd = sub.add_parser("senders", help="route inbound addresses to accounts").add_subparsers(
         dest="action", required=True)

@@ -23,7 +23,7 @@ class TestOperationalEndpoints:
             assert r.status == 200
         async with http.get(f"{server.url}/readyz") as r:
             body = await r.json()
-            assert r.status == 200 and set(body["checks"]) == {"kafka", "postgres", "projector", "dispatcher"}
+            assert r.status == 200 and set(body["checks"]) == {"kafka", "kafka_api", "postgres", "projector", "dispatcher"}
 
     async def test_metrics_count_ingest_and_projection(self, http, server, account) -> None:
         """Accepted events, forged requests and projector batches show up in /metrics."""

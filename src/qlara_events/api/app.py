@@ -10,7 +10,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from qlara_events.api import keys, spec, status, webhooks
+from qlara_events.api import inbox, keys, spec, status, webhooks
 from qlara_events.api.auth import PLANS, POOL, PREFIX, api_key_auth, rate_limit_headers
 from qlara_events.config import Settings
 from qlara_events.http import READINESS_CHECKS
@@ -57,3 +57,4 @@ def setup(app: web.Application, settings: Settings) -> None:
     status.add_routes(app)
     webhooks.add_routes(app, settings)
     keys.add_routes(app)
+    inbox.add_routes(app, settings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from qlara_events import __version__
-from qlara_events.api import spec_keys
+from qlara_events.api import spec_inbox, spec_keys
 from qlara_events.domain.status import STATUS_CODES, Channel, DeliveryStatus
 
 JSON = "application/json"
@@ -129,7 +129,8 @@ def build() -> dict[str, Any]:
             "summary": "Statuses of up to 500 messages of one channel; unknown ids are omitted",
             "parameters": [{"name": "ids", "in": "query", "required": True, "style": "form", "explode": False,
                             "description": "Comma-separated customerMessageIds (at most 500)",
-                            "schema": {"type": "string", "minLength": 1}}, _CHANNEL_QUERY],
+                            # At least one id: a character that is neither a comma nor white space.
+                            "schema": {"type": "string", "minLength": 1, "pattern": "[^,\\s]"}}, _CHANNEL_QUERY],
             "responses": {"200": _ok({"type": "array", "items": _ref("DeliveryStatusResponse")}),
                           "400": _error("ids or channel missing or invalid, or more than 500 ids"),
                           **_AUTH_ERRORS},
@@ -206,8 +207,9 @@ def build() -> dict[str, Any]:
         }},
     }
     paths.update(_webhook_paths(p))
-    paths.update(spec_keys.paths(p))
-    schemas.update(spec_keys.schemas())
+    for fragment in (spec_keys, spec_inbox):
+        paths.update(fragment.paths(p))
+        schemas.update(fragment.schemas())
     return {
         "openapi": "3.1.0",
         "info": {

@@ -85,6 +85,10 @@ class Publisher:
             channel = getattr(e, "channel", None)
             metrics.INGEST_EVENTS.labels(via, channel.value if channel else "", e.type).inc()
 
+    async def produce_json(self, topic: str, key: str, value: object) -> None:
+        """Produce one JSON record and wait for its acknowledgement (503 semantics as for events)."""
+        await self._produce(topic, [(key.encode(), orjson.dumps(value))], [])
+
     async def dead_letter(self, *, via: str, reason: str, headers: Mapping[str, str], query: str,
                           body: bytes, received_at: dt.datetime) -> None:
         """Keep an authenticated payload the ingress rejected, raw, with its headers, for inspection/replay."""

@@ -104,6 +104,37 @@ on conflict (event_id) do nothing
 returning event_id, account_id
 """
 
+#: Inbound messages routed to an account join (or open) their conversation: unread +n, preview and time of
+#: the newest, the WhatsApp window restarts, an archived conversation comes back.
+SQL_CONVERSATIONS: Final = """
+with v as (
+    select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                         $8::text[], $9::timestamptz[])
+        as v(event_id, account_id, channel, source, destination, text, message_type, media, occurred_at)
+), agg as (
+    select account_id, channel, source, max(destination) as destination, count(*) as n,
+           max(occurred_at) as last_at, (array_agg(text order by occurred_at desc))[1] as preview
+    from v group by account_id, channel, source
+), up as (
+    insert into conversations as c (account_id, channel, contact, our_address, unread, last_message_preview,
+                                    last_message_at, last_inbound_at)
+    select account_id, channel, source, destination, n, preview, last_at, last_at from agg
+    on conflict (account_id, channel, contact) do update set
+        unread = c.unread + excluded.unread,
+        last_message_preview = case when excluded.last_message_at >= coalesce(c.last_message_at, '-infinity')
+                                    then excluded.last_message_preview else c.last_message_preview end,
+        last_message_at = greatest(c.last_message_at, excluded.last_message_at),
+        last_inbound_at = greatest(c.last_inbound_at, excluded.last_inbound_at),
+        our_address = excluded.our_address, archived = false, updated_at = now()
+    returning chat_id, account_id, channel, contact
+)
+insert into conversation_messages (chat_id, direction, event_id, text, message_type, media, occurred_at)
+select up.chat_id, 'INBOUND', v.event_id, v.text, v.message_type, v.media::jsonb, v.occurred_at
+from v join up on up.account_id = v.account_id and up.channel = v.channel and up.contact = v.source
+order by v.occurred_at, v.event_id
+on conflict do nothing
+"""
+
 SQL_EXISTING_MESSAGES: Final = "select message_id from messages where message_id = any($1::text[])"
 
 SQL_REFS: Final = """
@@ -293,6 +324,14 @@ async def _insert_inbound(conn: Conn, items: list[Incoming]) -> list[dict[str, A
         [orjson.dumps([dict(m) for m in e.media]).decode() for e in evs], [e.occurred_at for e in evs],
     )
     routed = {r["event_id"]: r["account_id"] for r in rows if r["account_id"]}
+    conv = [e for e in evs if e.id in routed]
+    if conv:
+        await conn.execute(
+            SQL_CONVERSATIONS, [e.id for e in conv], [routed[e.id] for e in conv], [e.channel.value for e in conv],
+            [e.source for e in conv], [e.destination for e in conv], [e.text for e in conv],
+            [e.message_type for e in conv], [orjson.dumps([dict(m) for m in e.media]).decode() for e in conv],
+            [e.occurred_at for e in conv],
+        )
     now = _iso(dt.datetime.now(dt.UTC))
     return [
         {"id": f"inbound:{e.id}", "kind": "inbound", "messageId": e.id, "accountId": routed[e.id],
