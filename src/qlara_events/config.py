@@ -25,6 +25,7 @@ DEV_SECRETS: Final[Mapping[str, str]] = {
     "QLARA_WHATSAPP_VERIFY_TOKEN": "dev-whatsapp-verify-token",
     "QLARA_RBM_CLIENT_TOKEN": "dev-rbm-client-token",
     "QLARA_JASMIN_TOKEN": "dev-jasmin-token",
+    "QLARA_URL_SIGNING_KEY": "dev-url-signing-key-not-for-production",
 }
 
 #: Svix's schedule: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (each ±20 % jitter).
@@ -122,6 +123,13 @@ class Settings:
     webhook_lease_margin_s: float = 30.0
     consumer_group_dispatcher: str = "qlara-dispatcher"
 
+    #: Blob storage (media, exports) and the key that signs download URLs.
+    storage_dir: str = ".local/storage"
+    url_signing_key: str | None = None
+    download_url_ttl_s: int = 3600
+    media_max_image_bytes: int = 5 * 1024 * 1024
+    media_max_video_bytes: int = 100 * 1024 * 1024
+
     #: Rate-limit plans: name -> (requests per minute, requests per second burst).
     rate_limit_plans: Mapping[str, tuple[int, int]] = dataclasses.field(
         default_factory=lambda: dict(DEFAULT_PLANS))
@@ -191,6 +199,11 @@ class Settings:
             webhook_breaker_cooldown_s=_float(e, "QLARA_WEBHOOK_BREAKER_COOLDOWN", 30.0, 0.1, 3600.0),
             webhook_lease_margin_s=_float(e, "QLARA_WEBHOOK_LEASE_MARGIN", 30.0, 0.1, 3600.0),
             consumer_group_dispatcher=opt("QLARA_DISPATCHER_GROUP") or "qlara-dispatcher",
+            storage_dir=opt("QLARA_STORAGE_DIR") or ".local/storage",
+            url_signing_key=opt("QLARA_URL_SIGNING_KEY"),
+            download_url_ttl_s=_int(e, "QLARA_DOWNLOAD_URL_TTL", 3600, 10, 7 * 24 * 3600),
+            media_max_image_bytes=_int(e, "QLARA_MEDIA_MAX_IMAGE_BYTES", 5 * 1024 * 1024, 1, 2**40),
+            media_max_video_bytes=_int(e, "QLARA_MEDIA_MAX_VIDEO_BYTES", 100 * 1024 * 1024, 1, 2**40),
             rate_limit_plans=_plans(e, "QLARA_RATE_LIMIT_PLANS"),
             log_level=(opt("QLARA_LOG_LEVEL") or "info").lower(),
             log_format=log_format,

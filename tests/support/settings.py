@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 
 import asyncpg
@@ -25,6 +26,7 @@ def make_settings(kafka: str, database: str, **overrides: str) -> Settings:
         "QLARA_INGEST_PRODUCE_TIMEOUT": "5",
         "QLARA_PROJECTOR_BATCH_WAIT_MS": "10",
         "QLARA_LOG_LEVEL": "warning",
+        "QLARA_STORAGE_DIR": tempfile.mkdtemp(prefix="qlara-test-storage-"),
         "QLARA_DISPATCHER_GROUP": f"{prefix}dispatcher",
         "QLARA_WEBHOOK_REQUIRE_HTTPS": "false",
         "QLARA_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",

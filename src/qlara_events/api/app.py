@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import AsyncIterator
 
@@ -10,7 +11,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from qlara_events.api import inbox, keys, spec, status, webhooks
+from qlara_events.api import inbox, keys, media, spec, status, webhooks
 from qlara_events.api.auth import PLANS, POOL, PREFIX, api_key_auth, rate_limit_headers
 from qlara_events.config import Settings
 from qlara_events.http import READINESS_CHECKS
@@ -19,6 +20,14 @@ from qlara_events.store import ratelimit
 from qlara_events.store.db import create_pool
 
 log = get_logger("api")
+
+
+def _signing_key(settings: Settings) -> bytes:
+    """The download-URL signing key; without QLARA_URL_SIGNING_KEY a random one (links die with the process)."""
+    if settings.url_signing_key:
+        return settings.url_signing_key.encode()
+    log.warning("url_signing_key_unset", consequence="download links only work on this process until it restarts")
+    return secrets.token_bytes(32)
 
 
 async def _prune_rate_counters(pool: asyncpg.Pool) -> None:
@@ -58,3 +67,4 @@ def setup(app: web.Application, settings: Settings) -> None:
     webhooks.add_routes(app, settings)
     keys.add_routes(app)
     inbox.add_routes(app, settings)
+    media.add_routes(app, settings, _signing_key(settings))
