@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import os
 import secrets
 import sys
@@ -20,9 +21,10 @@ from aiohttp import web
 from qlara_events import __version__, logs
 from qlara_events.config import ConfigError, Settings
 from qlara_events.kafka import ensure_topics
+from qlara_events.secrets_box import parse_key
 from qlara_events.server import ROLES, build_app
 from qlara_events.standard_webhooks import secret_key, signature_header
-from qlara_events.store import accounts, inbox
+from qlara_events.store import accounts, inbox, socials
 from qlara_events.store.db import create_pool
 from qlara_events.store.migrate import migrate
 
@@ -137,6 +139,49 @@ def cmd_users_create(args: argparse.Namespace) -> None:
     sys.stdout.write(orjson.dumps({"userId": user_id, "accountId": args.account, "name": args.name}).decode() + "\n")
 
 
+def cmd_socials_connect(args: argparse.Namespace) -> None:
+    """Register a social profile connected through the dashboard's OAuth (the token is stored sealed)."""
+    settings = _settings(args)
+    if not settings.social_token_key:
+        sys.exit("QLARA_SOCIAL_TOKEN_KEY is not set: it encrypts tokens at rest (base64 of 32 random bytes)")
+    key = parse_key(settings.social_token_key)
+    token = sys.stdin.readline().strip() if args.token == "-" else args.token
+    expires = dt.datetime.fromisoformat(args.expires_at) if args.expires_at else None
+    if expires is not None and expires.tzinfo is None:
+        sys.exit("--expires-at needs a UTC offset")
+
+    async def run() -> int:
+        pool = await create_pool(settings, max_size=2)
+        try:
+            return await socials.connect(
+                pool, key, account_id=args.account, platform=args.platform, profile_id=args.profile_id,
+                token=token, expires_at=expires, username=args.username, profile_name=args.name,
+                picture_url=args.picture_url, phone_number=args.phone_number,
+                pages=orjson.loads(args.pages) if args.pages else None)
+        finally:
+            await pool.close()
+
+    connection_id = asyncio.run(run())
+    print(orjson.dumps({"connectionId": connection_id, "platform": args.platform,
+                        "profileId": args.profile_id}).decode())
+
+
+def cmd_socials_revoke(args: argparse.Namespace) -> None:
+    """Mark a connection's token revoked."""
+    settings = _settings(args)
+
+    async def run() -> bool:
+        pool = await create_pool(settings, max_size=2)
+        try:
+            return await socials.revoke(pool, args.account, args.platform, args.profile_id)
+        finally:
+            await pool.close()
+
+    if not asyncio.run(run()):
+        sys.exit("no such connection")
+    print("revoked")
+
+
 def cmd_senders_add(args: argparse.Namespace) -> None:
     """Route inbound messages sent to an address (a number or agent id) to an account."""
     settings = _settings(args)
@@ -196,6 +241,22 @@ def parser() -> argparse.ArgumentParser:
     ucreate.add_argument("--name", required=True)
     ucreate.add_argument("--email")
     ucreate.set_defaults(func=cmd_users_create)
+
+    soc = sub.add_parser("socials", help="social profile connections").add_subparsers(dest="action", required=True)
+    sc = soc.add_parser("connect", help="register a profile connected by OAuth in the dashboard")
+    sc.add_argument("--account", required=True)
+    sc.add_argument("--platform", required=True, choices=socials.PLATFORMS)
+    sc.add_argument("--profile-id", required=True)
+    sc.add_argument("--token", required=True, help="the OAuth access token, or - to read it from standard input")
+    sc.add_argument("--expires-at", help="token expiry, ISO-8601 with offset")
+    for flag in ("--username", "--name", "--picture-url", "--phone-number"):
+        sc.add_argument(flag)
+    sc.add_argument("--pages", help="linked pages or sub-accounts, a JSON array")
+    sc.set_defaults(func=cmd_socials_connect)
+    sr = soc.add_parser("revoke", help="mark a connection's token revoked")
+    for flag in ("--account", "--platform", "--profile-id"):
+        sr.add_argument(flag, required=True)
+    sr.set_defaults(func=cmd_socials_revoke)
 
     snd = sub.add_parser("senders", help="route inbound addresses to accounts").add_subparsers(
         dest="action", required=True)

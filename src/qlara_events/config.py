@@ -26,6 +26,7 @@ DEV_SECRETS: Final[Mapping[str, str]] = {
     "QLARA_RBM_CLIENT_TOKEN": "dev-rbm-client-token",
     "QLARA_JASMIN_TOKEN": "dev-jasmin-token",
     "QLARA_URL_SIGNING_KEY": "dev-url-signing-key-not-for-production",
+    "QLARA_SOCIAL_TOKEN_KEY": "ZGV2LXNvY2lhbC10b2tlbi1rZXktMzItYnl0ZXMhISE=",
 }
 
 #: Svix's schedule: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (each ±20 % jitter).
@@ -130,6 +131,9 @@ class Settings:
     media_max_image_bytes: int = 5 * 1024 * 1024
     media_max_video_bytes: int = 100 * 1024 * 1024
 
+    #: base64 of the 32-byte AES key that encrypts social-profile tokens at rest.
+    social_token_key: str | None = None
+
     #: Rate-limit plans: name -> (requests per minute, requests per second burst).
     rate_limit_plans: Mapping[str, tuple[int, int]] = dataclasses.field(
         default_factory=lambda: dict(DEFAULT_PLANS))
@@ -204,6 +208,7 @@ class Settings:
             download_url_ttl_s=_int(e, "QLARA_DOWNLOAD_URL_TTL", 3600, 10, 7 * 24 * 3600),
             media_max_image_bytes=_int(e, "QLARA_MEDIA_MAX_IMAGE_BYTES", 5 * 1024 * 1024, 1, 2**40),
             media_max_video_bytes=_int(e, "QLARA_MEDIA_MAX_VIDEO_BYTES", 100 * 1024 * 1024, 1, 2**40),
+            social_token_key=opt("QLARA_SOCIAL_TOKEN_KEY"),
             rate_limit_plans=_plans(e, "QLARA_RATE_LIMIT_PLANS"),
             log_level=(opt("QLARA_LOG_LEVEL") or "info").lower(),
             log_format=log_format,

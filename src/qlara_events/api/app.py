@@ -11,7 +11,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from qlara_events.api import inbox, keys, media, spec, status, webhooks
+from qlara_events.api import inbox, keys, media, socials, spec, status, webhooks
 from qlara_events.api.auth import PLANS, POOL, PREFIX, api_key_auth, rate_limit_headers
 from qlara_events.config import Settings
 from qlara_events.http import READINESS_CHECKS
@@ -68,3 +68,4 @@ def setup(app: web.Application, settings: Settings) -> None:
     keys.add_routes(app)
     inbox.add_routes(app, settings)
     media.add_routes(app, settings, _signing_key(settings))
+    socials.add_routes(app)
