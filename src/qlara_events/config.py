@@ -130,6 +130,7 @@ class Settings:
     download_url_ttl_s: int = 3600
     media_max_image_bytes: int = 5 * 1024 * 1024
     media_max_video_bytes: int = 100 * 1024 * 1024
+    export_ttl_s: int = 24 * 3600
 
     #: base64 of the 32-byte AES key that encrypts social-profile tokens at rest.
     social_token_key: str | None = None
@@ -208,6 +209,7 @@ class Settings:
             download_url_ttl_s=_int(e, "QLARA_DOWNLOAD_URL_TTL", 3600, 10, 7 * 24 * 3600),
             media_max_image_bytes=_int(e, "QLARA_MEDIA_MAX_IMAGE_BYTES", 5 * 1024 * 1024, 1, 2**40),
             media_max_video_bytes=_int(e, "QLARA_MEDIA_MAX_VIDEO_BYTES", 100 * 1024 * 1024, 1, 2**40),
+            export_ttl_s=_int(e, "QLARA_EXPORT_TTL", 24 * 3600, 60, 30 * 24 * 3600),
             social_token_key=opt("QLARA_SOCIAL_TOKEN_KEY"),
             rate_limit_plans=_plans(e, "QLARA_RATE_LIMIT_PLANS"),
             log_level=(opt("QLARA_LOG_LEVEL") or "info").lower(),

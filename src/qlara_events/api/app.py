@@ -11,11 +11,13 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from qlara_events.api import inbox, keys, media, socials, spec, status, webhooks
+from qlara_events.api import exports, inbox, keys, media, socials, spec, status, webhooks
 from qlara_events.api.auth import PLANS, POOL, PREFIX, api_key_auth, rate_limit_headers
+from qlara_events.api.blobs import SIGNING_KEY, STORE
 from qlara_events.config import Settings
 from qlara_events.http import READINESS_CHECKS
 from qlara_events.logs import get_logger
+from qlara_events.storage import DirectoryStore
 from qlara_events.store import ratelimit
 from qlara_events.store.db import create_pool
 
@@ -67,5 +69,8 @@ def setup(app: web.Application, settings: Settings) -> None:
     webhooks.add_routes(app, settings)
     keys.add_routes(app)
     inbox.add_routes(app, settings)
-    media.add_routes(app, settings, _signing_key(settings))
+    app[STORE] = DirectoryStore(settings.storage_dir)
+    app[SIGNING_KEY] = _signing_key(settings)
+    media.add_routes(app, settings)
+    exports.add_routes(app, settings)
     socials.add_routes(app)

@@ -11,18 +11,17 @@ import asyncpg
 from aiohttp import BodyPartReader, web
 
 from qlara_events.api.auth import PREFIX, get_pool, principal
+from qlara_events.api.blobs import SIGNING_KEY, STORE
 from qlara_events.config import Settings
 from qlara_events.domain import media as kinds
 from qlara_events.errors import BadRequest, NotFound, PayloadTooLarge, Unauthorized
 from qlara_events.http import json_response
-from qlara_events.storage import BlobStore, DirectoryStore, check_signature, new_key, sign_url
+from qlara_events.storage import check_signature, new_key, sign_url
 from qlara_events.store import media as store
 
 BASE: Final = f"{PREFIX}/media"
 FILES: Final = "/files/media"
-STORE: Final = web.AppKey("blob_store", BlobStore)
 SETTINGS: Final = web.AppKey("media_settings", Settings)
-SIGNING_KEY: Final = web.AppKey("url_signing_key", bytes)
 CHUNK: Final = 64 * 1024
 #: Bytes kept in memory to read image dimensions (a JPEG's frame header is near the start).
 HEAD_BYTES: Final = 64 * 1024
@@ -208,11 +207,9 @@ async def download(request: web.Request) -> web.StreamResponse:
         "Content-Disposition": f'inline; filename="media-{row["media_id"]}"'})
 
 
-def add_routes(app: web.Application, settings: Settings, signing_key: bytes) -> None:
-    """Register the media routes and the signed-download route."""
+def add_routes(app: web.Application, settings: Settings) -> None:
+    """Register the media routes and the signed-download route (the blob store is set up by api/app.py)."""
     app[SETTINGS] = settings
-    app[STORE] = DirectoryStore(settings.storage_dir)
-    app[SIGNING_KEY] = signing_key
     app.router.add_post(BASE, upload)
     app.router.add_get(BASE, list_media)
     app.router.add_get(f"{BASE}/{{id}}", get_media)

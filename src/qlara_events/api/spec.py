@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from qlara_events import __version__
-from qlara_events.api import spec_inbox, spec_keys, spec_media, spec_socials
+from qlara_events.api import spec_exports, spec_inbox, spec_keys, spec_media, spec_socials
 from qlara_events.domain.status import STATUS_CODES, Channel, DeliveryStatus
 
 JSON = "application/json"
@@ -207,7 +207,7 @@ def build() -> dict[str, Any]:
         }},
     }
     paths.update(_webhook_paths(p))
-    for fragment in (spec_keys, spec_inbox, spec_media, spec_socials):
+    for fragment in (spec_keys, spec_inbox, spec_media, spec_socials, spec_exports):
         paths.update(fragment.paths(p))
         schemas.update(fragment.schemas())
     return {

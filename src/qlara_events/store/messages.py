@@ -30,6 +30,14 @@ SQL_BY_MESSAGE_ID: Final = f"""
 select {_COLUMNS} from messages where account_id = $1 and message_id = $2 and ($3::text is null or channel = $3)
 """
 
+SQL_HISTORY: Final = f"""
+select {_COLUMNS} from messages
+where account_id = $1 and channel = $2 and submitted_at >= $3 and submitted_at <= $4
+  and ($5::text is null or status = $5)
+order by submitted_at, message_id
+limit $6 offset $7
+"""
+
 SQL_TIMELINE: Final = """
 select event_id, type, status, raw_status, provider, provider_message_id, part, effect, via, occurred_at,
        received_at, stored_at, payload
@@ -85,6 +93,13 @@ async def by_message_id(db: asyncpg.Pool, account_id: str, message_id: str,
     """One message by platform id, optionally on one channel."""
     r = await db.fetchrow(SQL_BY_MESSAGE_ID, account_id, message_id, channel)
     return None if r is None else status_json(r)
+
+
+async def history(db: asyncpg.Pool, account_id: str, channel: str, start: Any, end: Any, status: str | None,
+                  limit: int, offset: int) -> list[dict[str, Any]]:
+    """A page of one channel's messages submitted in [start, end], oldest first (served by an index)."""
+    rows = await db.fetch(SQL_HISTORY, account_id, channel, start, end, status, limit, offset)
+    return [status_json(r) for r in rows]
 
 
 async def timeline(db: asyncpg.Pool, message_id: str) -> list[dict[str, Any]]:

@@ -1,0 +1,238 @@
+"""Message history (Qlara §7.1) and export jobs (§7.2 to 7.3) with signed, expiring downloads."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+import asyncpg
+import orjson
+from aiohttp import web
+
+from qlara_events.api.auth import PREFIX, get_pool, principal, require_channel
+from qlara_events.api.blobs import SIGNING_KEY, STORE
+from qlara_events.config import Settings
+from qlara_events.domain.status import Channel, DeliveryStatus
+from qlara_events.errors import BadRequest, Conflict, NotFound, Unauthorized
+from qlara_events.exporter import Exporter
+from qlara_events.http import json_response
+from qlara_events.storage import check_signature, sign_url
+from qlara_events.store import exports as store
+from qlara_events.store import messages
+from qlara_events.store.db import create_pool
+
+SETTINGS: Final = web.AppKey("exports_settings", Settings)
+EXPORTER: Final = web.AppKey("exporter", Exporter)
+FILES: Final = "/files/exports"
+
+
+def _ts(v: dt.datetime | None) -> str | None:
+    return None if v is None else v.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _offset_datetime(raw: object, name: str) -> dt.datetime:
+    """An ISO-8601 date-time with a mandatory offset (Qlara refuses date-only or offset-less values)."""
+    if not isinstance(raw, str) or "T" not in raw:
+        raise BadRequest(f"{name} is required: an ISO-8601 date-time with offset, e.g. 2026-03-01T00:00:00+01:00")
+    try:
+        t = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an ISO-8601 date-time with offset") from None
+    if t.tzinfo is None:
+        raise BadRequest(f"{name} must carry a UTC offset (e.g. +01:00 or Z)")
+    return t
+
+
+def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer") from None
+    if not lo <= v <= hi:
+        raise BadRequest(f"{name} must be between {lo} and {hi}")
+    return v
+
+
+async def history(request: web.Request) -> web.Response:
+    """GET /messages/history?channel=&from=&to=&status=&page=&limit= → plain array, oldest first."""
+    q = request.query
+    raw_channel = q.get("channel")
+    if not raw_channel or raw_channel.upper() not in Channel.__members__:
+        raise BadRequest("channel is required: SMS, RCS or WHATSAPP")
+    channel = raw_channel.upper()
+    require_channel(request, channel)
+    start = _offset_datetime(q.get("from"), "from")
+    end = _offset_datetime(q.get("to"), "to")
+    status = q.get("status")
+    if status is not None and status.upper() not in DeliveryStatus.__members__:
+        raise BadRequest("status must be one of " + ", ".join(s.value for s in DeliveryStatus))
+    limit = _int_param(request, "limit", 20, 1, 1000)
+    page = _int_param(request, "page", 0, 0, 10_000_000)
+    if start > end:
+        return json_response([])
+    rows = await messages.history(get_pool(request.app), principal(request).account_id, channel, start, end,
+                                  status.upper() if status else None, limit, page * limit)
+    return json_response(rows)
+
+
+def export_json(r: asyncpg.Record) -> dict[str, Any]:
+    """An export job as listed."""
+    now = dt.datetime.now(dt.UTC)
+    status = r["status"]
+    if status == "COMPLETED" and r["expires_at"] is not None and r["expires_at"] <= now:
+        status = "EXPIRED"  # the worker's sweep may not have run yet
+    return {
+        "id": r["export_id"], "kind": r["kind"], "status": status,
+        "isAvailableForDownload": status == "COMPLETED",
+        "rowCount": r["row_count"], "size": r["size"], "error": r["error"], "parameters": r["params"],
+        "createdAt": _ts(r["created_at"]), "startedAt": _ts(r["started_at"]),
+        "completedAt": _ts(r["completed_at"]), "expiresAt": _ts(r["expires_at"]),
+    }
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError:
+        raise BadRequest("body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    return body
+
+
+async def _queue(request: web.Request, kind: str, params: dict[str, Any]) -> web.Response:
+    row = await store.create(get_pool(request.app), principal(request).account_id, kind, params)
+    request.app[EXPORTER].wake.set()
+    return json_response(export_json(row), status=202)
+
+
+async def export_history(request: web.Request) -> web.Response:
+    """POST /messages/history/export {startDateTime, endDateTime, sender?, destination?} → 202."""
+    body = await _body(request)
+    start = _offset_datetime(body.get("startDateTime"), "startDateTime")
+    end = _offset_datetime(body.get("endDateTime"), "endDateTime")
+    if end < start:
+        raise BadRequest("endDateTime must not be before startDateTime")
+    params: dict[str, Any] = {"startDateTime": start.isoformat(), "endDateTime": end.isoformat()}
+    for name in ("sender", "destination"):
+        value = body.get(name)
+        if value is not None:
+            if not isinstance(value, str) or not value or len(value) > 200:
+                raise BadRequest(f"{name} must be a non-empty string")
+            params[name] = value
+    return await _queue(request, "MESSAGE_HISTORY", params)
+
+
+async def export_delivery_reports(request: web.Request) -> web.Response:
+    """POST /exports/delivery-reports {campaignId} or {startDateTime, endDateTime} → 202."""
+    body = await _body(request)
+    campaign = body.get("campaignId")
+    if campaign is not None:
+        if isinstance(campaign, bool) or not isinstance(campaign, (int, str)) or str(campaign) == "":
+            raise BadRequest("campaignId must be an id")
+        return await _queue(request, "DELIVERY_REPORTS", {"campaignId": str(campaign)})
+    if body.get("startDateTime") is None and body.get("endDateTime") is None:
+        raise BadRequest("give campaignId, or startDateTime and endDateTime")
+    start = _offset_datetime(body.get("startDateTime"), "startDateTime")
+    end = _offset_datetime(body.get("endDateTime"), "endDateTime")
+    if end < start:
+        raise BadRequest("endDateTime must not be before startDateTime")
+    return await _queue(request, "DELIVERY_REPORTS", {"startDateTime": start.isoformat(),
+                                                      "endDateTime": end.isoformat()})
+
+
+async def list_exports(request: web.Request) -> web.Response:
+    """GET /exports?page=&limit= (newest first)."""
+    limit = _int_param(request, "limit", 10, 1, 1000)
+    page = _int_param(request, "page", 0, 0, 1_000_000)
+    rows = await store.page(get_pool(request.app), principal(request).account_id, limit, page * limit)
+    return json_response([export_json(r) for r in rows])
+
+
+def _export_id(request: web.Request) -> int:
+    try:
+        return int(request.match_info["exportId"])
+    except ValueError:
+        raise NotFound("no such export") from None
+
+
+async def download_link(request: web.Request) -> web.Response:
+    """GET /exports/{exportId}: a signed, time-limited URL (400 once expired, 409 while not ready)."""
+    row = await store.get(get_pool(request.app), principal(request).account_id, _export_id(request))
+    if row is None:
+        raise NotFound("no such export in this account")
+    job = export_json(row)
+    if job["status"] == "EXPIRED":
+        raise BadRequest("this export has expired; regenerate it with POST /exports/{exportId}")
+    if job["status"] == "FAILED":
+        raise Conflict(f"this export failed: {row['error']}; regenerate it with POST /exports/{{exportId}}")
+    if job["status"] != "COMPLETED":
+        raise Conflict("this export is still being generated; poll GET /exports")
+    s = request.app[SETTINGS]
+    ttl = int(min(s.download_url_ttl_s, (row["expires_at"] - dt.datetime.now(dt.UTC)).total_seconds()))
+    url, expires = sign_url(request.app[SIGNING_KEY], s.base_url, f"{FILES}/{row['storage_key']}", max(ttl, 1))
+    return json_response({"id": row["export_id"], "url": url,
+                          "urlExpiresAt": _ts(dt.datetime.fromtimestamp(expires, dt.UTC)),
+                          "rowCount": row["row_count"], "size": row["size"]})
+
+
+async def regenerate(request: web.Request) -> web.Response:
+    """POST /exports/{exportId}: run a finished (expired, failed or completed) export again → 202."""
+    pool = get_pool(request.app)
+    account = principal(request).account_id
+    old = await store.get(pool, account, _export_id(request))
+    if old is None:
+        raise NotFound("no such export in this account")
+    row = await store.regenerate(pool, account, _export_id(request))
+    if row is None:
+        raise Conflict("this export is already being generated")
+    if old["storage_key"]:
+        await request.app[STORE].delete(old["storage_key"])
+    request.app[EXPORTER].wake.set()
+    return json_response(export_json(row), status=202)
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    """GET /files/exports/{key}?expires=&signature= → the CSV."""
+    key = request.match_info["key"]
+    problem = check_signature(request.app[SIGNING_KEY], f"{FILES}/{key}", request.query.get("expires"),
+                              request.query.get("signature"))
+    if problem:
+        raise Unauthorized(f"download link refused: {problem}")
+    row = await store.by_storage_key(get_pool(request.app), key)
+    if row is None:
+        raise NotFound("this export is no longer available")
+    return web.FileResponse(request.app[STORE].path(key), headers={
+        "Content-Type": "text/csv; charset=utf-8",
+        "Content-Disposition": f'attachment; filename="export-{row["export_id"]}-{row["kind"].lower()}.csv"'})
+
+
+def add_routes(app: web.Application, settings: Settings) -> None:
+    """Register history and export routes and run the export worker with the api role."""
+    app[SETTINGS] = settings
+
+    async def exporter_ctx(a: web.Application) -> AsyncIterator[None]:
+        pool = await create_pool(settings, max_size=3)
+        exporter = Exporter(settings, pool, a[STORE])
+        a[EXPORTER] = exporter
+        task = asyncio.create_task(exporter.run(), name="exporter")
+        yield
+        exporter.stop()
+        await asyncio.wait_for(task, 30)
+        await pool.close()
+
+    app.cleanup_ctx.append(exporter_ctx)
+    app.router.add_get(f"{PREFIX}/messages/history", history)
+    app.router.add_post(f"{PREFIX}/messages/history/export", export_history)
+    app.router.add_post(f"{PREFIX}/exports/delivery-reports", export_delivery_reports)
+    app.router.add_get(f"{PREFIX}/exports", list_exports)
+    app.router.add_get(f"{PREFIX}/exports/{{exportId}}", download_link)
+    app.router.add_post(f"{PREFIX}/exports/{{exportId}}", regenerate)
+    app.router.add_get(f"{FILES}/{{key}}", download)
+

@@ -1,0 +1,137 @@
+"""Export jobs (a durable queue with leases) and the queries that stream their rows with COPY."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Final, TypeAlias
+
+import asyncpg
+
+from qlara_events.store.db import Conn
+
+Db: TypeAlias = "asyncpg.Pool | Conn"
+KINDS: Final = ("MESSAGE_HISTORY", "DELIVERY_REPORTS", "CONTACTS")
+COLUMNS: Final = ("export_id, kind, params, status, attempts, row_count, size, storage_key, error, created_at,"
+                  " started_at, completed_at, expires_at")
+
+
+async def create(db: Db, account_id: str, kind: str, params: dict[str, Any]) -> asyncpg.Record:
+    """Queue a job."""
+    row = await db.fetchrow(f"insert into exports (account_id, kind, params) values ($1, $2, $3) returning {COLUMNS}",
+                            account_id, kind, params)
+    assert row is not None
+    return row
+
+
+async def page(db: Db, account_id: str, limit: int, offset: int) -> list[asyncpg.Record]:
+    """The account's jobs, newest first."""
+    return list(await db.fetch(f"select {COLUMNS} from exports where account_id = $1"
+                               " order by created_at desc, export_id desc limit $2 offset $3",
+                               account_id, limit, offset))
+
+
+async def get(db: Db, account_id: str, export_id: int) -> asyncpg.Record | None:
+    """One job of the account."""
+    return await db.fetchrow(f"select {COLUMNS} from exports where account_id = $1 and export_id = $2",
+                             account_id, export_id)
+
+
+async def regenerate(db: Db, account_id: str, export_id: int) -> asyncpg.Record | None:
+    """Queue a finished job again (a new file; the old one is removed by the caller)."""
+    return await db.fetchrow(
+        "update exports set status = 'PENDING', attempts = 0, lease_until = null, error = null, row_count = null,"
+        " size = null, started_at = null, completed_at = null, expires_at = null"
+        f" where account_id = $1 and export_id = $2 and status <> 'PENDING' returning {COLUMNS}",
+        account_id, export_id)
+
+
+#: Claim one job: a PENDING one, or one whose worker died (lease expired). Jobs that failed too often end
+#: FAILED in :data:`SQL_GIVE_UP` instead of being retried forever.
+SQL_CLAIM: Final = f"""
+update exports set attempts = attempts + 1, lease_until = now() + make_interval(secs => $1),
+       started_at = coalesce(started_at, now())
+where export_id = (
+    select export_id from exports
+    where status = 'PENDING' and (lease_until is null or lease_until < now()) and attempts < $2
+    order by created_at limit 1 for update skip locked)
+returning {COLUMNS}, account_id
+"""
+
+SQL_GIVE_UP: Final = """
+update exports set status = 'FAILED', error = coalesce(error, 'the export worker stopped repeatedly'),
+       lease_until = null, completed_at = now()
+where status = 'PENDING' and attempts >= $1 and (lease_until is null or lease_until < now())
+"""
+
+
+async def claim(db: Db, lease_s: float, max_attempts: int) -> asyncpg.Record | None:
+    """Lease the next job to this worker, after failing the ones that exhausted their attempts."""
+    await db.execute(SQL_GIVE_UP, max_attempts)
+    return await db.fetchrow(SQL_CLAIM, lease_s, max_attempts)
+
+
+async def complete(db: Db, export_id: int, key: str, rows: int, size: int, ttl_s: int) -> None:
+    """Mark a job done; its file is downloadable until ``expires_at``."""
+    await db.execute(
+        "update exports set status = 'COMPLETED', storage_key = $2, row_count = $3, size = $4, lease_until = null,"
+        " completed_at = now(), expires_at = now() + make_interval(secs => $5) where export_id = $1",
+        export_id, key, rows, size, float(ttl_s))
+
+
+async def fail(db: Db, export_id: int, error: str) -> None:
+    """Mark a job failed with its reason."""
+    await db.execute("update exports set status = 'FAILED', error = $2, lease_until = null, completed_at = now()"
+                     " where export_id = $1", export_id, error[:1000])
+
+
+async def expire(db: Db) -> list[str]:
+    """Expire completed jobs past their window; return their storage keys (to delete the files)."""
+    rows = await db.fetch("update exports set status = 'EXPIRED' where status = 'COMPLETED' and expires_at < now()"
+                          " returning storage_key")
+    return [r["storage_key"] for r in rows if r["storage_key"]]
+
+
+async def by_storage_key(db: Db, key: str) -> asyncpg.Record | None:
+    """The job behind a file (for a signed download)."""
+    return await db.fetchrow(f"select {COLUMNS} from exports where storage_key = $1 and status = 'COMPLETED'", key)
+
+
+# --------------------------------------------------------------------------------------- what is exported
+
+#: API-originated messages (campaign sends excluded), every channel in one file, by submission time.
+SQL_HISTORY_CSV: Final = """
+select m.message_id as "messageId", m.customer_message_id as "customerMessageId", m.channel,
+       m.destination, m.sender, m.status as "deliveryStatus", m.description as "deliveryStatusDescription",
+       m.parts, m.submitted_at as "sendDate", m.delivered_at as "deliveryDate", m.read_at as "readDate",
+       m.failed_at as "failedDate", m.error_code as "errorCode"
+from messages m
+where m.account_id = $1 and m.campaign_id is null and m.submitted_at >= $2 and m.submitted_at <= $3
+  and ($4::text is null or m.sender = $4) and ($5::text is null or m.destination = $5)
+order by m.submitted_at, m.message_id
+"""
+
+#: Every status receipt of the account's messages in a window or of one campaign.
+SQL_DELIVERY_REPORTS_CSV: Final = """
+select e.message_id as "messageId", m.customer_message_id as "customerMessageId", m.campaign_id as "campaignId",
+       m.channel, m.destination, e.status, e.raw_status as "providerStatus", e.provider, e.effect,
+       e.occurred_at as "occurredAt", e.received_at as "receivedAt"
+from message_events e join messages m on m.message_id = e.message_id
+where m.account_id = $1 and e.type = 'message.status'
+  and ($2::text is null or m.campaign_id = $2)
+  and ($3::timestamptz is null or e.occurred_at >= $3) and ($4::timestamptz is null or e.occurred_at <= $4)
+order by e.occurred_at, e.event_id
+"""
+
+
+def history_args(account_id: str, p: dict[str, Any]) -> tuple[Any, ...]:
+    """Arguments of :data:`SQL_HISTORY_CSV` from a job's params."""
+    return (account_id, dt.datetime.fromisoformat(p["startDateTime"]), dt.datetime.fromisoformat(p["endDateTime"]),
+            p.get("sender"), p.get("destination"))
+
+
+def reports_args(account_id: str, p: dict[str, Any]) -> tuple[Any, ...]:
+    """Arguments of :data:`SQL_DELIVERY_REPORTS_CSV` from a job's params."""
+    start = p.get("startDateTime")
+    end = p.get("endDateTime")
+    return (account_id, None if p.get("campaignId") is None else str(p["campaignId"]),
+            dt.datetime.fromisoformat(start) if start else None, dt.datetime.fromisoformat(end) if end else None)
