@@ -1,0 +1,1 @@
+"""Pure contact logic shared by the API and the importers: phone normalisation, field rules, file readers."""
