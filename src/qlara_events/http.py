@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from qlara_events import metrics
-from qlara_events.errors import PayloadTooLarge, QlaraError, TooManyRequests, Unavailable
+from qlara_events.errors import NotFound, PayloadTooLarge, QlaraError, TooManyRequests, Unavailable
 from qlara_events.logs import get_logger
 
 log = get_logger("http")
@@ -126,6 +126,14 @@ def base_app(role: str) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
+
+
+def path_int(request: web.Request, name: str, what: str) -> int:
+    """A numeric id from the path; anything that cannot be one (too large included) is a 404, not a 500."""
+    raw = request.match_info[name]
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        raise NotFound(f"no such {what}")
+    return int(raw)
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

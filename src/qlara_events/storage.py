@@ -98,6 +98,7 @@ def check_signature(secret: bytes, path: str, expires: str | None, signature: st
         return "invalid expires"
     if exp < (now if now is not None else time.time()):
         return "the link has expired"
-    if not hmac.compare_digest(_mac(secret, path, exp), signature):
+    # Bytes: compare_digest refuses non-ASCII str, and a signature is whatever the caller typed.
+    if not hmac.compare_digest(_mac(secret, path, exp).encode(), signature.encode("utf-8", "replace")):
         return "invalid signature"
     return None

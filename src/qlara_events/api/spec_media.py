@@ -51,7 +51,8 @@ def paths(p: str) -> dict[str, Any]:
                                    **auth, "413": _error("Over the size limit of the file's type")}},
             "get": {"operationId": "listMedia", "tags": ["Media"], "summary": "The account's media",
                     "parameters": [
-                        {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                        {"name": "page", "in": "query",
+                         "schema": {"type": "integer", "minimum": 0, "maximum": 1_000_000}},
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
                         {"name": "sortBy", "in": "query", "schema": {"enum": ["id", "name", "createdAt", "size"]}},
                         {"name": "sortOrder", "in": "query", "schema": {"enum": ["asc", "desc"]}}],

@@ -16,6 +16,14 @@ from qlara_events.store import messages
 MAX_BATCH_IDS: Final = 500
 
 
+def _path_id(request: web.Request, name: str) -> str:
+    """A path id; one with a NUL is unknown (Postgres text cannot hold NUL, so no id has one)."""
+    value = request.match_info[name]
+    if "\x00" in value:
+        raise NotFound(f"no message with this {name}")
+    return value
+
+
 def _channel(request: web.Request) -> str:
     raw = request.query.get("channel")
     if not raw:
@@ -32,7 +40,7 @@ async def status_one(request: web.Request) -> web.Response:
     """GET /messages/status/{customerMessageId}?channel="""
     channel = _channel(request)
     found = await messages.by_customer_id(
-        get_pool(request.app), principal(request).account_id, channel, request.match_info["customerMessageId"]
+        get_pool(request.app), principal(request).account_id, channel, _path_id(request, "customerMessageId")
     )
     if found is None:
         raise NotFound("no message with this customerMessageId on this channel")
@@ -48,8 +56,9 @@ async def status_batch(request: web.Request) -> web.Response:
         raise BadRequest("query parameter 'ids' is required: comma-separated customerMessageIds")
     if len(ids) > MAX_BATCH_IDS:
         raise BadRequest(f"at most {MAX_BATCH_IDS} ids per request; got {len(ids)}")
-    found = await messages.by_customer_ids(get_pool(request.app), principal(request).account_id, channel,
-                                           sorted(set(ids)))
+    # An id with a NUL is unknown (Postgres text cannot hold NUL), and unknown ids are omitted.
+    known = sorted({i for i in ids if "\x00" not in i})
+    found = await messages.by_customer_ids(get_pool(request.app), principal(request).account_id, channel, known)
     return json_response(found)
 
 
@@ -57,7 +66,7 @@ def _by_message_id(channel: Channel) -> Callable[[web.Request], Awaitable[web.Re
     async def view(request: web.Request) -> web.Response:
         require_channel(request, channel.value)
         found = await messages.by_message_id(
-            get_pool(request.app), principal(request).account_id, request.match_info["messageId"], channel.value
+            get_pool(request.app), principal(request).account_id, _path_id(request, "messageId"), channel.value
         )
         if found is None:
             raise NotFound(f"no {channel.value} message with this messageId")
@@ -70,7 +79,7 @@ def _by_message_id(channel: Channel) -> Callable[[web.Request], Awaitable[web.Re
 async def message_events(request: web.Request) -> web.Response:
     """GET /messages/{messageId}/events: every event of the message, in time order."""
     account = principal(request).account_id
-    message_id = request.match_info["messageId"]
+    message_id = _path_id(request, "messageId")
     found = await messages.by_message_id(get_pool(request.app), account, message_id)
     if found is None:
         raise NotFound("no message with this messageId")

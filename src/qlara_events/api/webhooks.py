@@ -64,6 +64,8 @@ async def _callback_url(request: web.Request) -> str:
     url = body.get("callbackUrl")
     if not isinstance(url, str) or not url:
         raise BadRequest("callbackUrl is required: an https:// URL")
+    if not url.isprintable():
+        raise BadRequest("callbackUrl must not contain control characters")
     s = request.app[SETTINGS]
     allowed = parse_networks(s.webhook_allowed_networks)
     parsed = check_url(url, require_https=s.webhook_require_https, allowed=allowed)
@@ -119,6 +121,16 @@ async def rotate_secret(request: web.Request) -> web.Response:
     return json_response(webhook_json(rotated))
 
 
+def _utc(t: dt.datetime) -> dt.datetime | None:
+    """``t`` in UTC, or None when it has no offset or falls outside the datetime range once in UTC."""
+    if t.tzinfo is None:
+        return None
+    try:
+        return t.astimezone(dt.UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+14:00 is in year 0 in UTC
+        return None
+
+
 def _time_param(request: web.Request, name: str) -> dt.datetime | None:
     raw = request.query.get(name)
     if raw is None:
@@ -127,19 +139,25 @@ def _time_param(request: web.Request, name: str) -> dt.datetime | None:
         t = dt.datetime.fromisoformat(raw)
     except ValueError:
         raise BadRequest(f"{name} must be an ISO-8601 date-time with offset") from None
-    if t.tzinfo is None:
-        raise BadRequest(f"{name} must carry a UTC offset")
-    return t
+    utc = _utc(t)
+    if utc is None:
+        raise BadRequest(f"{name} must carry a UTC offset and lie within years 1-9999 in UTC")
+    return utc
 
 
 def _cursor(raw: str | None) -> tuple[dt.datetime, str] | None:
     if not raw:
         return None
+    did = ""
     try:
         at, _, did = base64.urlsafe_b64decode(raw.encode()).decode().partition("|")
-        return dt.datetime.fromisoformat(at), did
+        t = _utc(dt.datetime.fromisoformat(at))
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise BadRequest("cursor is not one this API returned") from None
+        t = None
+    # The API writes UTC times and delivery ids without NUL (Postgres text cannot hold one).
+    if t is None or "\x00" in did:
+        raise BadRequest("cursor is not one this API returned")
+    return t, did
 
 
 def _delivery_json(r: asyncpg.Record) -> dict[str, Any]:
@@ -167,6 +185,8 @@ async def deliveries(request: web.Request) -> web.Response:
     states = [s for s in q.get("status", "").split(",") if s] or None
     if states and any(s not in STATES for s in states):
         raise BadRequest("status must be one or more of " + ", ".join(STATES))
+    if "\x00" in q.get("messageId", ""):
+        raise BadRequest("messageId must not contain NUL characters")
     try:
         limit = int(q.get("limit", "100"))
     except ValueError:
@@ -189,7 +209,9 @@ async def deliveries(request: web.Request) -> web.Response:
 async def retry(request: web.Request) -> web.Response:
     """POST .../deliveries/{deliveryId}/retry: attempt one delivery again now."""
     hook = await _webhook(request)
-    if not await store.retry_one(get_pool(request.app), hook["webhook_id"], request.match_info["deliveryId"]):
+    delivery_id = request.match_info["deliveryId"]
+    # A delivery id never holds NUL (Postgres text cannot), so such an id is simply unknown.
+    if "\x00" in delivery_id or not await store.retry_one(get_pool(request.app), hook["webhook_id"], delivery_id):
         raise NotFound("no such delivery for this webhook (or it is being attempted right now)")
     return json_response({"deliveryId": request.match_info["deliveryId"], "status": "scheduled"}, status=202)
 
@@ -202,11 +224,11 @@ async def recover(request: web.Request) -> web.Response:
     for name in ("since", "until"):
         raw = body.get(name)
         try:
-            t = dt.datetime.fromisoformat(raw) if isinstance(raw, str) else None
+            t = _utc(dt.datetime.fromisoformat(raw)) if isinstance(raw, str) else None
         except ValueError:
             t = None
-        if t is None or t.tzinfo is None:
-            raise BadRequest(f"{name} is required: an ISO-8601 date-time with offset")
+        if t is None:
+            raise BadRequest(f"{name} is required: an ISO-8601 date-time with offset, within years 1-9999 in UTC")
         bounds.append(t)
     since, until = bounds
     if until <= since:

@@ -12,6 +12,8 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any, Final
 
+import orjson
+
 from qlara_events.domain.status import Channel, DeliveryStatus
 from qlara_events.errors import InvalidEvent
 
@@ -213,14 +215,17 @@ def _parse_inbound(o: dict[str, Any]) -> Inbound:
     if media is None:
         media_t: tuple[Mapping[str, Any], ...] = ()
     elif isinstance(media, list) and all(isinstance(m, dict) for m in media):
+        # jsonb cannot hold NUL either; orjson writes it as \u0000.
+        if b"\\u0000" in orjson.dumps(media):
+            raise InvalidEvent("must not contain NUL characters", field="media")
         media_t = tuple(media)
     else:
         raise InvalidEvent("must be an array of objects", field="media")
     text = o.get("text", "")
-    if not isinstance(text, str) or len(text) > MAX_TEXT_LENGTH:
+    if not isinstance(text, str) or len(text) > MAX_TEXT_LENGTH or "\x00" in text:
         raise InvalidEvent(f"must be a string of at most {MAX_TEXT_LENGTH} characters", field="text")
     message_type = o.get("messageType", "TEXT")
-    if not isinstance(message_type, str) or not message_type or len(message_type) > 32:
+    if not isinstance(message_type, str) or not message_type or len(message_type) > 32 or "\x00" in message_type:
         raise InvalidEvent("must be a short non-empty string", field="messageType")
     return Inbound(
         id=_id(o, "id"),
@@ -238,7 +243,8 @@ def _parse_inbound(o: dict[str, Any]) -> Inbound:
 
 
 def _is_id(v: object) -> bool:
-    return isinstance(v, str) and 0 < len(v) <= MAX_ID_LENGTH
+    # NUL is refused everywhere: Postgres text cannot store it, so it could never be projected.
+    return isinstance(v, str) and 0 < len(v) <= MAX_ID_LENGTH and "\x00" not in v
 
 
 def _id(o: Mapping[str, Any], name: str) -> str:
@@ -258,8 +264,8 @@ def _opt_str(o: Mapping[str, Any], name: str, label: str | None = None) -> str |
     v = o.get(name)
     if v is None:
         return None
-    if not isinstance(v, str) or len(v) > 2000:
-        raise InvalidEvent("must be a string of at most 2000 characters", field=label or name)
+    if not isinstance(v, str) or len(v) > 2000 or "\x00" in v:
+        raise InvalidEvent("must be a string of at most 2000 characters, without NUL", field=label or name)
     return v
 
 
