@@ -10,9 +10,11 @@ import asyncio
 import datetime as dt
 import os
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
 
 import orjson
@@ -21,10 +23,11 @@ from aiohttp import web
 from qlara_events import __version__, logs
 from qlara_events.config import ConfigError, Settings
 from qlara_events.kafka import ensure_topics
+from qlara_events.sandbox import Behaviour, Sandbox
 from qlara_events.secrets_box import parse_key
 from qlara_events.server import ROLES, build_app
 from qlara_events.standard_webhooks import secret_key, signature_header
-from qlara_events.store import accounts, inbox, socials
+from qlara_events.store import accounts, campaigns, inbox, socials
 from qlara_events.store.db import create_pool
 from qlara_events.store.migrate import migrate
 
@@ -80,7 +83,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         key_file.parent.mkdir(parents=True, exist_ok=True)
         key_file.write_text(dev_key + "\n")
         key_file.chmod(0o600)
-    app = build_app(settings, roles)
+    behaviour = Behaviour(delivery_rate=args.delivery_rate, read_rate=args.read_rate,
+                          delay_s=args.delay_ms / 1000) if args.sandbox else None
+    app = build_app(settings, roles, sandbox=behaviour)
 
     def announce(_: str) -> None:
         base = f"http://{settings.http_host}:{settings.http_port}"
@@ -122,6 +127,20 @@ def cmd_accounts_create(args: argparse.Namespace) -> None:
 
     account_id, raw = asyncio.run(run())
     sys.stdout.write(orjson.dumps({"accountId": account_id, "apiKey": raw}).decode() + "\n")
+
+
+def cmd_accounts_credit(args: argparse.Namespace) -> None:
+    """Add credit to an account (campaign confirmation reserves from it)."""
+    settings = _settings(args)
+
+    async def run() -> Decimal:
+        pool = await create_pool(settings, max_size=2)
+        try:
+            return await campaigns.add_credit(pool, args.account, Decimal(args.add))
+        finally:
+            await pool.close()
+
+    print(orjson.dumps({"accountId": args.account, "credit": str(asyncio.run(run()))}).decode())
 
 
 def cmd_users_create(args: argparse.Namespace) -> None:
@@ -212,6 +231,29 @@ def cmd_sign(args: argparse.Namespace) -> None:
     print(f"webhook-id: {msg_id}\nwebhook-timestamp: {ts}\nwebhook-signature: {sig}")
 
 
+def _behaviour_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--delivery-rate", type=float, default=0.95, help="share of messages delivered (else failed)")
+    p.add_argument("--read-rate", type=float, default=0.5, help="share of delivered WhatsApp/RCS messages read")
+    p.add_argument("--delay-ms", type=float, default=200, help="mean delay before a receipt")
+
+
+def cmd_sandbox(args: argparse.Namespace) -> None:
+    """Consume qlara.send-requests and post submissions and provider receipts to the ingress."""
+    settings = _settings(args)
+    logs.configure(settings.log_level, settings.log_format)
+    sandbox = Sandbox(settings, args.ingress_url, Behaviour(delivery_rate=args.delivery_rate,
+                                                            read_rate=args.read_rate, delay_s=args.delay_ms / 1000))
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, sandbox.stop)
+        await sandbox.run()
+
+    asyncio.run(run())
+    print(f"sandbox stopped after {sandbox.processed} send requests")
+
+
 def parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(prog="qlara-events", description=__doc__)
@@ -224,7 +266,16 @@ def parser() -> argparse.ArgumentParser:
                        help="fill unset provider secrets with the development values of docs/configuration.md")
     serve.add_argument("--migrate", action="store_true", help="apply migrations and create topics first")
     serve.add_argument("--dev-key-file", help="print a development API key, kept in this file")
+    serve.add_argument("--sandbox", action="store_true",
+                       help="also play the upstream senders and providers (see `qlara-events sandbox`)")
+    _behaviour_flags(serve)
     serve.set_defaults(func=cmd_serve)
+
+    sbx = sub.add_parser("sandbox", help="play the upstream senders and providers against an ingress")
+    sbx.add_argument("--ingress-url", default="http://127.0.0.1:8080")
+    sbx.add_argument("--dev", action="store_true", help="use the development secrets for unset ones")
+    _behaviour_flags(sbx)
+    sbx.set_defaults(func=cmd_sandbox)
 
     mig = sub.add_parser("migrate", help="apply database migrations")
     mig.add_argument("--topics", action="store_true", help="also create the Kafka topics")
@@ -234,6 +285,10 @@ def parser() -> argparse.ArgumentParser:
     create = acc.add_parser("create", help="create an account and its first API key")
     create.add_argument("--name", required=True)
     create.set_defaults(func=cmd_accounts_create)
+    credit = acc.add_parser("credit", help="add credit to an account")
+    credit.add_argument("--account", required=True)
+    credit.add_argument("--add", required=True, help="amount in QLARA_CURRENCY, e.g. 100.50")
+    credit.set_defaults(func=cmd_accounts_credit)
 
     usr = sub.add_parser("users", help="manage account users").add_subparsers(dest="action", required=True)
     ucreate = usr.add_parser("create", help="create a user (assignable to inbox conversations)")

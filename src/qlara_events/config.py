@@ -32,6 +32,8 @@ DEV_SECRETS: Final[Mapping[str, str]] = {
 #: Svix's schedule: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (each ±20 % jitter).
 DEFAULT_RETRY_SCHEDULE: Final = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
+DEFAULT_PRICES: Final[Mapping[str, float]] = {"SMS": 0.045, "RCS": 0.035, "WHATSAPP": 0.06}
+
 #: Qlara's documented plans: production 1,000 requests/min with 50/s bursts; trial 100/min, 10/s.
 DEFAULT_PLANS: Final[Mapping[str, tuple[int, int]]] = {"production": (1000, 50), "trial": (100, 10)}
 
@@ -131,6 +133,10 @@ class Settings:
     media_max_image_bytes: int = 5 * 1024 * 1024
     media_max_video_bytes: int = 100 * 1024 * 1024
     export_ttl_s: int = 24 * 3600
+    #: Campaign pricing per message (per SMS part) in ``currency``, and how long a campaign may stay SENDING.
+    prices: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_PRICES))
+    currency: str = "EUR"
+    campaign_deadline_s: int = 72 * 3600
 
     #: base64 of the 32-byte AES key that encrypts social-profile tokens at rest.
     social_token_key: str | None = None
@@ -210,6 +216,9 @@ class Settings:
             media_max_image_bytes=_int(e, "QLARA_MEDIA_MAX_IMAGE_BYTES", 5 * 1024 * 1024, 1, 2**40),
             media_max_video_bytes=_int(e, "QLARA_MEDIA_MAX_VIDEO_BYTES", 100 * 1024 * 1024, 1, 2**40),
             export_ttl_s=_int(e, "QLARA_EXPORT_TTL", 24 * 3600, 60, 30 * 24 * 3600),
+            prices=_prices(e, "QLARA_PRICES"),
+            currency=(opt("QLARA_CURRENCY") or "EUR").upper(),
+            campaign_deadline_s=_int(e, "QLARA_CAMPAIGN_DEADLINE", 72 * 3600, 1, 30 * 24 * 3600),
             social_token_key=opt("QLARA_SOCIAL_TOKEN_KEY"),
             rate_limit_plans=_plans(e, "QLARA_RATE_LIMIT_PLANS"),
             log_level=(opt("QLARA_LOG_LEVEL") or "info").lower(),
@@ -239,6 +248,20 @@ def _bool(e: Mapping[str, str], name: str, default: bool) -> bool:
     if raw in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name} must be true or false")
+
+
+def _prices(e: Mapping[str, str], name: str) -> dict[str, float]:
+    raw = e.get(name, "").strip()
+    prices = dict(DEFAULT_PRICES)
+    for item in filter(None, (i.strip() for i in raw.split(","))):
+        channel, _, value = item.partition(":")
+        try:
+            prices[channel.strip().upper()] = float(value)
+        except ValueError:
+            raise ConfigError(f"{name} must look like SMS:0.045,RCS:0.035,WHATSAPP:0.06") from None
+        if channel.strip().upper() not in DEFAULT_PRICES or prices[channel.strip().upper()] < 0:
+            raise ConfigError(f"{name}: channels are SMS, RCS, WHATSAPP and prices are >= 0")
+    return prices
 
 
 def _plans(e: Mapping[str, str], name: str) -> dict[str, tuple[int, int]]:

@@ -21,6 +21,7 @@ from qlara_events.http import READINESS_CHECKS, base_app
 from qlara_events.ingress import app as ingress_app
 from qlara_events.logs import get_logger
 from qlara_events.projector.consumer import Projector
+from qlara_events.sandbox import Behaviour, Sandbox
 from qlara_events.store.db import create_pool
 
 ROLES: Final = ("ingress", "api", "projector", "dispatcher")
@@ -29,8 +30,8 @@ log = get_logger("server")
 _ = (api, ingress)  # -- the packages document the roles; keep their imports explicit
 
 
-def build_app(settings: Settings, roles: Iterable[str]) -> web.Application:
-    """An application serving ``roles`` (and /metrics, /healthz, /readyz)."""
+def build_app(settings: Settings, roles: Iterable[str], *, sandbox: Behaviour | None = None) -> web.Application:
+    """An application serving ``roles`` (and /metrics, /healthz, /readyz), plus the sandbox upstream if asked."""
     wanted = set(roles)
     unknown = wanted - set(ROLES)
     if unknown:
@@ -44,6 +45,9 @@ def build_app(settings: Settings, roles: Iterable[str]) -> web.Application:
         app.cleanup_ctx.append(_projector_ctx(settings))
     if "dispatcher" in wanted:
         app.cleanup_ctx.append(_dispatcher_ctx(settings))
+    if sandbox is not None:
+        ingress_url = f"http://{settings.http_host}:{settings.http_port}"
+        app.cleanup_ctx.append(_loop_ctx("sandbox", settings, lambda _: Sandbox(settings, ingress_url, sandbox), 1))
     return app
 
 

@@ -11,11 +11,13 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from qlara_events.api import exports, inbox, keys, media, socials, spec, status, webhooks
+from qlara_events.api import campaigns, contacts, exports, inbox, keys, media, socials, spec, status, webhooks
 from qlara_events.api.auth import PLANS, POOL, PREFIX, api_key_auth, rate_limit_headers
-from qlara_events.api.blobs import SIGNING_KEY, STORE
+from qlara_events.api.shared import PUBLISHER, SIGNING_KEY, STORE
+from qlara_events.campaign_runner import CampaignRunner
 from qlara_events.config import Settings
 from qlara_events.http import READINESS_CHECKS
+from qlara_events.ingress.publisher import Publisher
 from qlara_events.logs import get_logger
 from qlara_events.storage import DirectoryStore
 from qlara_events.store import ratelimit
@@ -73,4 +75,22 @@ def setup(app: web.Application, settings: Settings) -> None:
     app[SIGNING_KEY] = _signing_key(settings)
     media.add_routes(app, settings)
     exports.add_routes(app, settings)
+    campaigns.add_routes(app, settings)
+    publisher = Publisher(settings)
+    app[PUBLISHER] = publisher
+
+    async def publisher_ctx(a: web.Application) -> AsyncIterator[None]:
+        await publisher.start(wait_s=10)
+        runner_pool = await create_pool(settings, max_size=2)
+        runner = CampaignRunner(settings, runner_pool, publisher)
+        task = asyncio.create_task(runner.run(), name="campaign-runner")
+        yield
+        runner.stop()
+        await asyncio.wait_for(task, 30)
+        await runner_pool.close()
+        await publisher.stop()
+
+    app.cleanup_ctx.append(publisher_ctx)
+    app[READINESS_CHECKS].append(("kafka_api", publisher.check))
     socials.add_routes(app)
+    contacts.add_routes(app)

@@ -12,12 +12,12 @@ import orjson
 from aiohttp import web
 
 from qlara_events.api.auth import PREFIX, get_pool, principal, require_channel
-from qlara_events.api.blobs import SIGNING_KEY, STORE
+from qlara_events.api.shared import SIGNING_KEY, STORE
 from qlara_events.config import Settings
 from qlara_events.domain.status import Channel, DeliveryStatus
 from qlara_events.errors import BadRequest, Conflict, NotFound, Unauthorized
 from qlara_events.exporter import Exporter
-from qlara_events.http import json_response
+from qlara_events.http import json_response, path_int
 from qlara_events.storage import check_signature, sign_url
 from qlara_events.store import exports as store
 from qlara_events.store import messages
@@ -116,13 +116,13 @@ async def export_history(request: web.Request) -> web.Response:
     """POST /messages/history/export {startDateTime, endDateTime, sender?, destination?} → 202."""
     body = await _body(request)
     start = _offset_datetime(body.get("startDateTime"), "startDateTime")
-    end = _offset_datetime(body.get("endDateTime"), "endDateTime")
-    if end < start:
-        raise BadRequest("endDateTime must not be before startDateTime")
+    end = _offset_datetime(body.get("endDateTime"), "endDateTime")  # end < start: an empty file, as GET does
     params: dict[str, Any] = {"startDateTime": start.isoformat(), "endDateTime": end.isoformat()}
-    for name in ("sender", "destination"):
+    for name in ("sender", "destination", "campaignId"):
         value = body.get(name)
         if value is not None:
+            if isinstance(value, int) and not isinstance(value, bool) and name == "campaignId":
+                value = str(value)
             if not isinstance(value, str) or not value or len(value) > 200:
                 raise BadRequest(f"{name} must be a non-empty string")
             params[name] = value
@@ -141,8 +141,6 @@ async def export_delivery_reports(request: web.Request) -> web.Response:
         raise BadRequest("give campaignId, or startDateTime and endDateTime")
     start = _offset_datetime(body.get("startDateTime"), "startDateTime")
     end = _offset_datetime(body.get("endDateTime"), "endDateTime")
-    if end < start:
-        raise BadRequest("endDateTime must not be before startDateTime")
     return await _queue(request, "DELIVERY_REPORTS", {"startDateTime": start.isoformat(),
                                                       "endDateTime": end.isoformat()})
 
@@ -156,10 +154,7 @@ async def list_exports(request: web.Request) -> web.Response:
 
 
 def _export_id(request: web.Request) -> int:
-    try:
-        return int(request.match_info["exportId"])
-    except ValueError:
-        raise NotFound("no such export") from None
+    return path_int(request, "exportId", "export")
 
 
 async def download_link(request: web.Request) -> web.Response:

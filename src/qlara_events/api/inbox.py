@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import asyncpg
@@ -12,15 +11,14 @@ import orjson
 from aiohttp import web
 
 from qlara_events.api.auth import PREFIX, get_pool, principal, require_channel
+from qlara_events.api.shared import PUBLISHER
 from qlara_events.config import Settings
 from qlara_events.domain.status import Channel
 from qlara_events.errors import BadRequest, NotFound
-from qlara_events.http import READINESS_CHECKS, json_response
-from qlara_events.ingress.publisher import Publisher
+from qlara_events.http import json_response, path_int
 from qlara_events.store import inbox as store
 
 BASE: Final = f"{PREFIX}/inbox/conversations"
-PUBLISHER: Final = web.AppKey("inbox_publisher", Publisher)
 SETTINGS: Final = web.AppKey("inbox_settings", Settings)
 #: WhatsApp only allows free-form messages within 24 h of the user's last message.
 WHATSAPP_WINDOW: Final = dt.timedelta(hours=24)
@@ -55,10 +53,7 @@ def conversation_json(r: asyncpg.Record) -> dict[str, Any]:
 
 
 def _chat_id(request: web.Request) -> int:
-    try:
-        return int(request.match_info["chatId"])
-    except ValueError:
-        raise NotFound("no such conversation") from None
+    return path_int(request, "chatId", "conversation")
 
 
 async def _conversation(request: web.Request, chat_id: int | None = None) -> asyncpg.Record:
@@ -160,7 +155,7 @@ async def reply(request: web.Request) -> web.Response:
     """POST /inbox/conversations/reply {chatId, text} → 202; the send request goes to the upstream senders."""
     body = await _json_object(request)
     chat_id = body.get("chatId")
-    if isinstance(chat_id, bool) or not isinstance(chat_id, int):
+    if isinstance(chat_id, bool) or not isinstance(chat_id, int) or not 0 < chat_id < 2**63:
         raise BadRequest("chatId is required: the conversation's numeric id")
     text = body.get("text")
     template = body.get("template")
@@ -210,6 +205,8 @@ async def assign(request: web.Request) -> web.Response:
     user_id = body.get("userId")
     if isinstance(user_id, bool) or not isinstance(user_id, int):
         raise BadRequest("userId is required: a numeric user id")
+    if not 0 < user_id < 2**63:
+        raise NotFound("no such user in this account")
     await _conversation(request)
     if not await store.assign(get_pool(request.app), principal(request).account_id, _chat_id(request), user_id):
         raise NotFound("no such user in this account")
@@ -224,18 +221,8 @@ async def assignable_users(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application, settings: Settings) -> None:
-    """Register the inbox routes and the producer for replies."""
+    """Register the inbox routes (replies use the shared publisher set up by api/app.py)."""
     app[SETTINGS] = settings
-    publisher = Publisher(settings)
-    app[PUBLISHER] = publisher
-
-    async def publisher_ctx(_: web.Application) -> AsyncIterator[None]:
-        await publisher.start(wait_s=10)
-        yield
-        await publisher.stop()
-
-    app.cleanup_ctx.append(publisher_ctx)
-    app[READINESS_CHECKS].append(("kafka_api", publisher.check))
     app.router.add_get(BASE, list_conversations)
     app.router.add_get(f"{BASE}/assignable-users", assignable_users)
     app.router.add_post(f"{BASE}/reply", reply)

@@ -11,11 +11,11 @@ import asyncpg
 from aiohttp import BodyPartReader, web
 
 from qlara_events.api.auth import PREFIX, get_pool, principal
-from qlara_events.api.blobs import SIGNING_KEY, STORE
+from qlara_events.api.shared import SIGNING_KEY, STORE
 from qlara_events.config import Settings
 from qlara_events.domain import media as kinds
-from qlara_events.errors import BadRequest, NotFound, PayloadTooLarge, Unauthorized
-from qlara_events.http import json_response
+from qlara_events.errors import BadRequest, NotFound, PayloadTooLarge, QlaraError, Unauthorized
+from qlara_events.http import json_response, path_int
 from qlara_events.storage import check_signature, new_key, sign_url
 from qlara_events.store import media as store
 
@@ -120,7 +120,12 @@ async def upload(request: web.Request) -> web.Response:
                 if len(value) > MAX_FIELD or "\x00" in value:
                     raise BadRequest(f"{part.name} must be text of at most {MAX_FIELD} characters")
                 fields[part.name] = value
-    except ValueError as exc:  # -- aiohttp's multipart parser reports malformed bodies as ValueError
+    except QlaraError:
+        if stored:
+            await blobs.delete(stored[1])
+        raise
+    except (ValueError, AssertionError, LookupError, RuntimeError) as exc:
+        # -- aiohttp's multipart parser reports malformed bodies with these; they are the client's fault
         if stored:
             await blobs.delete(stored[1])
         raise BadRequest(f"malformed multipart body: {exc}") from None
@@ -148,10 +153,7 @@ async def upload(request: web.Request) -> web.Response:
 
 
 def _media_id(request: web.Request) -> int:
-    try:
-        return int(request.match_info["id"])
-    except ValueError:
-        raise NotFound("no such media item") from None
+    return path_int(request, "id", "media item")
 
 
 async def list_media(request: web.Request) -> web.Response:
@@ -162,8 +164,8 @@ async def list_media(request: web.Request) -> web.Response:
         limit = int(q.get("limit", "10"))
     except ValueError:
         raise BadRequest("page and limit must be integers") from None
-    if page < 0 or not 1 <= limit <= 1000:
-        raise BadRequest("page must be >= 0 and limit between 1 and 1000")
+    if not 0 <= page <= 1_000_000 or not 1 <= limit <= 1000:
+        raise BadRequest("page must be between 0 and 1000000 and limit between 1 and 1000")
     sort_by = q.get("sortBy", "id")
     if sort_by not in store.SORTABLE:
         raise BadRequest("sortBy must be one of " + ", ".join(store.SORTABLE))

@@ -1,4 +1,4 @@
-"""The blob store and the download-link key shared by media and exports."""
+"""Resources the Platform API modules share: the blob store, the download-link key, the Kafka publisher."""
 
 from __future__ import annotations
 
@@ -6,12 +6,10 @@ from typing import Final
 
 from aiohttp import web
 
+from qlara_events.ingress.publisher import Publisher
 from qlara_events.storage import BlobStore
 
 STORE: Final = web.AppKey("blob_store", BlobStore)
 SIGNING_KEY: Final = web.AppKey("url_signing_key", bytes)
-
-
-def get_store(app: web.Application) -> BlobStore:
-    """The application's blob store."""
-    return app[STORE]
+#: Produces to qlara.send-requests (inbox replies, campaign messages).
+PUBLISHER: Final = web.AppKey("api_publisher", Publisher)

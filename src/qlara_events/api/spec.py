@@ -9,7 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 from qlara_events import __version__
-from qlara_events.api import spec_exports, spec_inbox, spec_keys, spec_media, spec_socials
+from qlara_events.api import (
+    spec_campaigns,
+    spec_contacts,
+    spec_exports,
+    spec_inbox,
+    spec_keys,
+    spec_media,
+    spec_socials,
+)
 from qlara_events.domain.status import STATUS_CODES, Channel, DeliveryStatus
 
 JSON = "application/json"
@@ -33,7 +41,8 @@ _CHANNEL_QUERY = {
     "schema": _ref("Channel"),
 }
 _AUTH_ERRORS = {"401": _error("API key missing, invalid or revoked"),
-                "403": _error("The key is restricted to other channels")}
+                "403": _error("The key is restricted to other channels"),
+                "429": _error("Rate limit exceeded (Retry-After says when to retry)")}
 
 _STATUS_CODE_TABLE = ", ".join(f"{code} = {status.value}" for status, code in
                                sorted(STATUS_CODES.items(), key=lambda kv: kv[1]))
@@ -207,7 +216,8 @@ def build() -> dict[str, Any]:
         }},
     }
     paths.update(_webhook_paths(p))
-    for fragment in (spec_keys, spec_inbox, spec_media, spec_socials, spec_exports):
+    for fragment in (spec_keys, spec_inbox, spec_media, spec_socials, spec_exports, spec_campaigns,
+                     spec_contacts):
         paths.update(fragment.paths(p))
         schemas.update(fragment.schemas())
     return {

@@ -45,10 +45,13 @@ def schemas() -> dict[str, Any]:
         },
         "HistoryExportRequest": {
             "type": "object", "required": ["startDateTime", "endDateTime"],
-            "properties": {**window, "sender": {"type": "string"}, "destination": {"type": "string"}},
+            "properties": {**window, "sender": {"type": "string"}, "destination": {"type": "string"},
+                           "campaignId": {"type": ["integer", "string"],
+                                          "description": "That campaign's messages instead of API-sent ones"}},
         },
         "DeliveryReportsExportRequest": {
             "type": "object", "description": "campaignId, or startDateTime and endDateTime",
+            "anyOf": [{"required": ["campaignId"]}, {"required": ["startDateTime", "endDateTime"]}],
             "properties": {"campaignId": {"type": ["integer", "string"]}, **window},
         },
     }
@@ -68,9 +71,12 @@ def paths(p: str) -> dict[str, Any]:
         f"{p}/messages/history": {"get": {
             "operationId": "getMessageHistory", "tags": tag,
             "summary": "One channel's messages submitted in [from, to], oldest first; a plain array",
-            "parameters": [q("channel", _ref("Channel"), True), q("from", {"type": "string"}, True, "With offset"),
-                           q("to", {"type": "string"}, True, "With offset; from > to gives []"),
-                           q("status", _ref("DeliveryStatus")), q("page", {"type": "integer", "minimum": 0}),
+            "parameters": [q("channel", _ref("Channel"), True),
+                           q("from", {"type": "string", "format": "date-time"}, True, "With offset"),
+                           q("to", {"type": "string", "format": "date-time"}, True,
+                             "With offset; from > to gives []"),
+                           q("status", _ref("DeliveryStatus")),
+                           q("page", {"type": "integer", "minimum": 0, "maximum": 10_000_000}),
                            q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, description="Default 20")],
             "responses": {"200": _ok({"type": "array", "items": _ref("DeliveryStatusResponse")}),
                           "400": _error("channel, from or to missing or invalid"),
@@ -89,7 +95,7 @@ def paths(p: str) -> dict[str, Any]:
                           "400": _error("Neither campaignId nor a window, or bad dates"), **auth}}},
         f"{p}/exports": {"get": {
             "operationId": "listExports", "tags": tag, "summary": "Export jobs, newest first",
-            "parameters": [q("page", {"type": "integer", "minimum": 0}),
+            "parameters": [q("page", {"type": "integer", "minimum": 0, "maximum": 1_000_000}),
                            q("limit", {"type": "integer", "minimum": 1, "maximum": 1000})],
             "responses": {"200": _ok({"type": "array", "items": _ref("ExportJob")}),
                           "400": _error("Invalid paging"), **auth}}},

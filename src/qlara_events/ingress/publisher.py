@@ -87,7 +87,11 @@ class Publisher:
 
     async def produce_json(self, topic: str, key: str, value: object) -> None:
         """Produce one JSON record and wait for its acknowledgement (503 semantics as for events)."""
-        await self._produce(topic, [(key.encode(), orjson.dumps(value))], [])
+        await self.produce_many(topic, [(key, value)])
+
+    async def produce_many(self, topic: str, records: Sequence[tuple[str, object]]) -> None:
+        """Produce JSON records together and wait until every one is acknowledged."""
+        await self._produce(topic, [(k.encode(), orjson.dumps(v)) for k, v in records], [])
 
     async def dead_letter(self, *, via: str, reason: str, headers: Mapping[str, str], query: str,
                           body: bytes, received_at: dt.datetime) -> None:

@@ -98,14 +98,16 @@ async def by_storage_key(db: Db, key: str) -> asyncpg.Record | None:
 
 # --------------------------------------------------------------------------------------- what is exported
 
-#: API-originated messages (campaign sends excluded), every channel in one file, by submission time.
+#: API-originated messages (campaign sends excluded) — or, with campaignId, that campaign's messages —
+#: every channel in one file, by submission time.
 SQL_HISTORY_CSV: Final = """
 select m.message_id as "messageId", m.customer_message_id as "customerMessageId", m.channel,
        m.destination, m.sender, m.status as "deliveryStatus", m.description as "deliveryStatusDescription",
        m.parts, m.submitted_at as "sendDate", m.delivered_at as "deliveryDate", m.read_at as "readDate",
        m.failed_at as "failedDate", m.error_code as "errorCode"
 from messages m
-where m.account_id = $1 and m.campaign_id is null and m.submitted_at >= $2 and m.submitted_at <= $3
+where m.account_id = $1 and m.submitted_at >= $2 and m.submitted_at <= $3
+  and (($6::text is null and m.campaign_id is null) or m.campaign_id = $6)
   and ($4::text is null or m.sender = $4) and ($5::text is null or m.destination = $5)
 order by m.submitted_at, m.message_id
 """
@@ -126,7 +128,7 @@ order by e.occurred_at, e.event_id
 def history_args(account_id: str, p: dict[str, Any]) -> tuple[Any, ...]:
     """Arguments of :data:`SQL_HISTORY_CSV` from a job's params."""
     return (account_id, dt.datetime.fromisoformat(p["startDateTime"]), dt.datetime.fromisoformat(p["endDateTime"]),
-            p.get("sender"), p.get("destination"))
+            p.get("sender"), p.get("destination"), p.get("campaignId"))
 
 
 def reports_args(account_id: str, p: dict[str, Any]) -> tuple[Any, ...]:

@@ -155,7 +155,8 @@ where e.message_id is null and e.type = 'message.status'
 
 SQL_LOAD_STATE: Final = """
 select message_id, account_id, channel, customer_message_id, destination, campaign_id, parts, status,
-       description, error_code, error_message, failed_after_delivery, delivered_at, read_at, failed_at
+       description, error_code, error_message, failed_after_delivery, delivered_at, read_at, failed_at,
+       submitted_at
 from messages where message_id = any($1::text[]) order by message_id for update
 """
 
@@ -194,6 +195,12 @@ SQL_RESOLVE_ORPHANS: Final = """
 update message_events e set message_id = v.message_id, effect = v.effect
 from unnest($1::text[], $2::text[], $3::text[]) as v(event_id, message_id, effect)
 where e.event_id = v.event_id
+"""
+
+SQL_CAMPAIGN_COUNTERS: Final = """
+insert into campaign_counters (campaign_id, hour, status, count)
+select * from unnest($1::text[], $2::timestamptz[], $3::text[], $4::bigint[])
+on conflict (campaign_id, hour, status) do update set count = campaign_counters.count + excluded.count
 """
 
 SQL_OUTBOX: Final = """
@@ -241,6 +248,10 @@ async def apply_batch(conn: Conn, batch: Sequence[Incoming], *, status_topic: st
                                                                                            strict=True)]
 
         created = await _insert_submissions(conn, new_subs)
+        counters: collections.Counter[tuple[str, dt.datetime, str]] = collections.Counter()
+        for sub in new_subs:
+            if sub.campaign_id and sub.message_id in created:
+                counters[(sub.campaign_id, _hour(sub.occurred_at), DeliveryStatus.SENT.value)] += 1
         if inbound:
             result.transitions.extend(await _insert_inbound(conn, inbound))
             rows.extend(_Row(inc, None, Effect.INBOUND) for inc in inbound)
@@ -275,11 +286,18 @@ async def apply_batch(conn: Conn, batch: Sequence[Incoming], *, status_topic: st
                 rows.append(_Row(inc, message_id, effect, ev.part if ev.part is not None else ref_part))
             if transition is not None:
                 result.transitions.append(_change_payload(transition, state, info))
+                if info["campaign_id"]:
+                    hour = _hour(info["submitted_at"])
+                    counters[(info["campaign_id"], hour, transition.previous.value)] -= 1
+                    counters[(info["campaign_id"], hour, transition.status.value)] += 1
 
         await _write_states(conn, [states[m][0] for m in sorted(changed)])
         await _insert_history(conn, rows)
         if orphan_updates:
             await conn.execute(SQL_RESOLVE_ORPHANS, *map(list, zip(*orphan_updates, strict=True)))
+        moved = [(c, h, s, n) for (c, h, s), n in sorted(counters.items()) if n]
+        if moved:
+            await conn.execute(SQL_CAMPAIGN_COUNTERS, *map(list, zip(*moved, strict=True)))
         if result.transitions:
             await conn.execute(
                 SQL_OUTBOX,
@@ -339,6 +357,11 @@ async def _insert_inbound(conn: Conn, items: list[Incoming]) -> list[dict[str, A
          "messageType": e.message_type, "occurredAt": _iso(e.occurred_at), "changedAt": now}
         for e in evs if e.id in routed
     ]
+
+
+def _hour(t: dt.datetime) -> dt.datetime:
+    """The statistics bucket of a message: its submission hour (UTC)."""
+    return t.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def _iso(t: dt.datetime) -> str:

@@ -1,0 +1,203 @@
+"""Campaigns end to end: contacts and a list, create, price, confirm, the sandbox delivers, stats add up."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime as dt
+import io
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from qlara_events.sandbox import Behaviour, Sandbox
+
+from support.live import Account, LiveServer, wait_until
+
+P = "/partner-gateway/v1"
+C = f"{P}/campaigns"
+
+
+@pytest_asyncio.fixture(scope="module")
+async def sandbox(server: LiveServer) -> AsyncIterator[Sandbox]:
+    """The simulated upstream senders and providers, posting to the test server's ingress."""
+    box = Sandbox(server.settings, server.url, Behaviour(delivery_rate=0.75, read_rate=0.0, delay_s=0.05, seed=7))
+    task = asyncio.create_task(box.run())
+    yield box
+    box.stop()
+    await asyncio.wait_for(task, 60)
+
+
+async def contacts_list(db: asyncpg.Pool, account: Account, n: int) -> int:
+    list_id = await db.fetchval("insert into contact_lists (account_id, name) values ($1, 'Milano') returning list_id",
+                                account.id)
+    await db.execute(
+        "with c as (insert into contacts (account_id, phone_number, first_name, is_valid)"
+        " select $1, '+39333' || lpad((1000000 + i)::text, 7, '0'), 'Name' || i, true"
+        " from generate_series(1, $2) as i returning contact_id)"
+        " insert into contact_list_members (list_id, contact_id) select $3, contact_id from c", account.id, n, list_id)
+    return int(list_id)
+
+
+async def call(http: aiohttp.ClientSession, server: LiveServer, method: str, path: str, account: Account,
+               body: Any = None) -> tuple[int, Any]:
+    async with http.request(method, f"{server.url}{path}", json=body, headers=account.headers) as r:
+        return r.status, (await r.json() if r.status != 204 else None)
+
+
+def draft(list_id: int, **over: Any) -> dict[str, Any]:
+    return {"name": "Saldi primavera", "sendingMode": "SMS", "smsSender": "NegozioXY",
+            "smsBody": "Ciao {{firstName}}, -20% fino a domenica!", "destinationType": 1,
+            "contactListIds": [list_id], "readyToSend": False, **over}
+
+
+class TestCampaignFlow:
+    """The whole loop: confirm → send requests → sandbox → receipts → counters → status 3 → stats and exports."""
+
+    async def test_end_to_end(self, http, server, db, account, sandbox) -> None:
+        """Stats equal the statuses of the campaign's messages; its history export holds exactly them."""
+        list_id = await contacts_list(db, account, 40)
+        await db.execute("update accounts set credit = 100 where account_id = $1", account.id)
+        status, camp = await call(http, server, "POST", C, account, draft(list_id))
+        assert status == 201 and camp["status"] == 0
+        status, goal = await call(http, server, "POST", f"{C}/{camp['id']}/calculateGoal", account)
+        assert status == 200 and goal["totalDestinations"] == 40 and goal["upToDate"]
+        status, price = await call(http, server, "GET", f"{C}/{camp['id']}/price", account)
+        assert price["price"] == pytest.approx(40 * 0.045)
+        status, body = await call(http, server, "PUT", f"{C}/{camp['id']}/confirm", account)
+        assert status == 400 and "readyToSend" in body["message"]
+        await call(http, server, "PUT", f"{C}/{camp['id']}", account, {"readyToSend": True})
+        status, confirmed = await call(http, server, "PUT", f"{C}/{camp['id']}/confirm", account)
+        assert status == 202 and confirmed["status"] in (1, 2)
+
+        async def completed() -> dict[str, Any] | None:
+            _, c = await call(http, server, "GET", f"{C}/{camp['id']}", account)
+            return c if c["status"] == 3 else None
+
+        done = await wait_until(completed, timeout=90, what="campaign status 3")
+        assert done["totalDestinations"] == 40 and done["messagesCreated"] == 40
+        rows = await db.fetch("select status, count(*) as n from messages where campaign_id = $1 group by status",
+                              str(camp["id"]))
+        actual = {r["status"]: r["n"] for r in rows}
+        assert sum(actual.values()) == 40 and set(actual) <= {"DELIVERED", "ERROR"}
+        _, stats = await call(http, server, "GET", f"{C}/{camp['id']}/stats", account)
+        assert stats["sent"] == 40 and stats["delivered"] == actual.get("DELIVERED", 0)
+        assert stats["failed"] == actual.get("ERROR", 0) and stats["pending"] == 0
+        assert done["totalSuccess"] == stats["delivered"] and done["totalFailed"] == stats["failed"]
+        texts = await db.fetch("select m.destination from messages m where m.campaign_id = $1", str(camp["id"]))
+        assert len(texts) == 40
+        day = dt.datetime.now(dt.UTC).date().isoformat()
+        _, period = await call(http, server, "GET", f"{C}/stats?startDate={day}&endDate={day}&aggregateOn=day", account)
+        assert sum(p["total"] for p in period) == 40 and sum(p["delivered"] for p in period) == stats["delivered"]
+        assert float(await db.fetchval("select credit from accounts where account_id = $1",
+                                       account.id)) == pytest.approx(100 - 40 * 0.045)
+
+        # The history export of the same period, for this campaign, holds exactly its messages.
+        now = dt.datetime.now(dt.UTC)
+        status, job = await call(http, server, "POST", f"{P}/messages/history/export", account, {
+            "startDateTime": (now - dt.timedelta(hours=1)).isoformat(),
+            "endDateTime": (now + dt.timedelta(hours=1)).isoformat(), "campaignId": camp["id"]})
+        assert status == 202
+
+        async def exported() -> dict[str, Any] | None:
+            _, jobs = await call(http, server, "GET", f"{P}/exports", account)
+            j = {x["id"]: x for x in jobs}[job["id"]]
+            return j if j["status"] == "COMPLETED" else None
+
+        await wait_until(exported, what="campaign history export")
+        _, link = await call(http, server, "GET", f"{P}/exports/{job['id']}", account)
+        async with http.get(link["url"].replace(server.settings.base_url, server.url)) as r:
+            exported_rows = list(csv.DictReader(io.StringIO(await r.text())))
+        ids = {r["message_id"] for r in await db.fetch("select message_id from messages where campaign_id = $1",
+                                                       str(camp["id"]))}
+        assert {row["messageId"] for row in exported_rows} == ids and len(exported_rows) == 40
+        assert {row["deliveryStatus"] for row in exported_rows} <= {"DELIVERED", "ERROR"}
+
+    async def test_placeholders_reach_send_requests(self, http, server, db, account) -> None:
+        """Each send request carries the body rendered for its contact."""
+        from support.live import read_topic
+
+        list_id = await contacts_list(db, account, 2)
+        await db.execute("update accounts set credit = 10 where account_id = $1", account.id)
+        _, camp = await call(http, server, "POST", C, account, draft(list_id, readyToSend=True))
+        await call(http, server, "POST", f"{C}/{camp['id']}/calculateGoal", account)
+        status, _ = await call(http, server, "PUT", f"{C}/{camp['id']}/confirm", account)
+        assert status == 202
+        got = await read_topic(server.settings, server.settings.topics.send_requests,
+                               lambda v: v.get("campaignId") == str(camp["id"]), count=2)
+        assert sorted(g["sms"]["text"] for g in got) == ["Ciao Name1, -20% fino a domenica!",
+                                                        "Ciao Name2, -20% fino a domenica!"]
+
+
+class TestCampaignRules:
+    """Validation, states and credit."""
+
+    async def test_validation_and_states(self, http, server, db, account, other_account) -> None:
+        """Bad modes and missing channel fields are 400; confirm needs a fresh goal and credit; started
+        campaigns can be neither edited nor deleted; other accounts see 404."""
+        list_id = await contacts_list(db, account, 3)
+        assert (await call(http, server, "POST", C, account, draft(list_id, sendingMode="FAX")))[0] == 400
+        assert (await call(http, server, "POST", C, account, {"sendingMode": "SMS"}))[0] == 400
+        status, body = await call(http, server, "POST", C, account, draft(list_id, sendingMode="WHATSAPP_SMS",
+                                                                  readyToSend=True))
+        assert status == 400 and "whatsappPhoneNumberId" in body["message"]
+        assert (await call(http, server, "POST", C, account, draft(list_id, scheduledDate="tomorrow")))[0] == 400
+        assert (await call(http, server, "POST", C, account, draft(list_id, destinationType=2,
+                                                           destinations=["+39 not a number"])))[0] == 400
+        _, camp = await call(http, server, "POST", C, account, draft(list_id, readyToSend=True))
+        cid = camp["id"]
+        assert (await call(http, server, "GET", f"{C}/{cid}/price", account))[0] == 400
+        assert (await call(http, server, "PUT", f"{C}/{cid}/confirm", account))[0] == 400  # no goal yet
+        await call(http, server, "POST", f"{C}/{cid}/calculateGoal", account)
+        await call(http, server, "PUT", f"{C}/{cid}", account, {"smsBody": "changed " * 30})
+        status, body = await call(http, server, "PUT", f"{C}/{cid}/confirm", account)
+        assert status == 400 and "calculateGoal" in body["message"]  # the edit invalidated the price
+        await call(http, server, "POST", f"{C}/{cid}/calculateGoal", account)
+        status, body = await call(http, server, "PUT", f"{C}/{cid}/confirm", account)
+        assert status == 400 and "insufficient credit" in body["message"]
+        await db.execute("update accounts set credit = 50 where account_id = $1", account.id)
+        assert (await call(http, server, "PUT", f"{C}/{cid}/confirm", account))[0] == 202
+        assert (await call(http, server, "PUT", f"{C}/{cid}/confirm", account))[0] == 400  # once only
+
+        async def sending() -> bool:
+            return (await call(http, server, "GET", f"{C}/{cid}", account))[1]["status"] >= 2
+
+        await wait_until(sending, what="campaign started")
+        assert (await call(http, server, "PUT", f"{C}/{cid}", account, {"name": "x"}))[0] == 400
+        assert (await call(http, server, "DELETE", f"{C}/{cid}", account))[0] == 404
+        for method, path in (("GET", f"{C}/{cid}"), ("DELETE", f"{C}/{cid}"), ("GET", f"{C}/{cid}/stats"),
+                             ("POST", f"{C}/{cid}/calculateGoal")):
+            assert (await call(http, server, method, path, other_account))[0] == 404, path
+
+    async def test_draft_lifecycle_and_list(self, http, server, db, account) -> None:
+        """A draft can be edited, listed and deleted (204); unknown lists are refused at calculateGoal."""
+        _, camp = await call(http, server, "POST", C, account, draft(999_999_999))
+        status, body = await call(http, server, "POST", f"{C}/{camp['id']}/calculateGoal", account)
+        assert status == 400 and "999999999" in body["message"]
+        status, updated = await call(http, server, "PUT", f"{C}/{camp['id']}", account,
+                                     {"name": "Renamed", "scheduledDate": "2030-05-04 08:30:00.000+0200"})
+        assert status == 200 and updated["name"] == "Renamed"
+        assert updated["scheduledDate"] == "2030-05-04 06:30:00.000+0000"
+        _, listed = await call(http, server, "GET", f"{C}?status=0", account)
+        assert camp["id"] in [c["id"] for c in listed]
+        assert (await call(http, server, "DELETE", f"{C}/{camp['id']}", account))[0] == 204
+        assert (await call(http, server, "GET", f"{C}/{camp['id']}", account))[0] == 404
+
+    @pytest.mark.parametrize("query", ["", "startDate=2026-01-01", "startDate=2026-01-01&endDate=x",
+                                       "startDate=2026-01-01&endDate=2026-01-02&aggregateOn=year",
+                                       "startDate=2026-01-01&endDate=2026-01-02&direction=UP"])
+    async def test_stats_errors(self, http, server, account, query) -> None:
+        """Missing or invalid stats parameters are 400."""
+        assert (await call(http, server, "GET", f"{C}/stats?{query}", account))[0] == 400
+
+    async def test_destinations_campaign(self, http, server, db, account) -> None:
+        """destinationType 2 counts its (deduplicated, normalised) numbers."""
+        _, camp = await call(http, server, "POST", C, account, {
+            "name": "raw", "sendingMode": "SMS", "smsSender": "X", "smsBody": "hi", "destinationType": 2,
+            "destinations": ["+393331234567", "+393331234567", "+393337654321"]})
+        _, goal = await call(http, server, "POST", f"{C}/{camp['id']}/calculateGoal", account)
+        assert goal["totalDestinations"] == 2
