@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv infra run test test-unit down lint typecheck clean
+.PHONY: help venv infra run test test-unit down lint typecheck clean tooling
 
 help:
 	@echo "make run     start Kafka + Postgres on loopback and every role on http://127.0.0.1:8080"
@@ -28,9 +28,35 @@ infra:
 	@deploy/local/infra.sh up
 
 run: venv infra
-	$(BIN)/qlara-events serve --role all --dev --migrate --dev-key-file .local/dev-api-key
+	$(BIN)/qlara-events serve --role all --dev --migrate --dev-key-file .local/dev-api-key $(if $(SANDBOX),--sandbox,)
 
-test: venv infra
+# Validators of the packaging files (tests/packaging), kept apart from the project's .venv in .local/tools:
+# kubernetes-validate (ships the official Kubernetes schemas, works offline), check-jsonschema (ships the
+# compose-spec schema), dockerfile (Docker's own Dockerfile parser), setuptools to build the image's wheel
+# offline, and promtool, extracted from Debian's `prometheus` package (no daemon installed or started).
+TOOLS := .local/tools
+TOOLS_STAMP := $(TOOLS)/.installed-1
+
+$(TOOLS_STAMP):
+	rm -rf $(TOOLS)/venv
+	$(PYTHON) -m venv $(TOOLS)/venv
+	$(TOOLS)/venv/bin/pip install -q --upgrade pip
+	$(TOOLS)/venv/bin/pip install -q kubernetes-validate==1.37.0 check-jsonschema==0.39.0 dockerfile==3.4.0 \
+	  'setuptools>=69' wheel
+	@touch $@
+
+$(TOOLS)/bin/promtool:
+	@mkdir -p $(TOOLS)/bin $(TOOLS)/deb
+	@if command -v promtool >/dev/null; then ln -sf "$$(command -v promtool)" $@; else \
+	  cd $(TOOLS)/deb && rm -f prometheus_*.deb && \
+	  { apt-get download prometheus 2>/dev/null || { apt-get update -qq && apt-get download prometheus; }; } && \
+	  dpkg-deb -x prometheus_*.deb root && cp root/usr/bin/promtool ../bin/promtool && rm -rf root prometheus_*.deb; \
+	fi
+	@$@ --version | head -1
+
+tooling: $(TOOLS_STAMP) $(TOOLS)/bin/promtool
+
+test: venv infra tooling
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: venv
@@ -45,3 +71,23 @@ lint: venv
 
 clean: down
 	rm -rf .local $(VENV)
+
+# Benchmarks (benchmarks/README.md): never part of `make test`. bench-tools builds vegeta from the Go module
+# proxy into .local/bin and installs py-spy into .venv.
+.PHONY: bench bench-quick bench-tools
+bench-tools: venv
+	@benchmarks/install-tools.sh
+
+bench: venv infra bench-tools
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+bench-quick: venv infra bench-tools
+	$(BIN)/python -m benchmarks.run --quick $(BENCH_ARGS)
+
+# Failure tests (docs/reliability.md): a local three-broker KRaft cluster (deploy/local/cluster.sh), the roles as
+# separate processes, five faults under load, exact accounting; regenerates the table in docs/reliability.md.
+# Restarts the shared PostgreSQL once for a few seconds. The short version runs in `make test`.
+.PHONY: chaos
+chaos: venv
+	@deploy/local/postgres.sh start
+	$(BIN)/python -m chaos.run
