@@ -60,23 +60,48 @@ class _Loop(Protocol):
 
 
 def _loop_ctx(name: str, settings: Settings, make: Callable[[asyncpg.Pool], _Loop], pool_size: int) -> CleanupCtx:
-    """Run a background role (projector, dispatcher) for the application's lifetime."""
+    """Run a background role (projector, dispatcher...) for the application's lifetime, supervised.
+
+    A loop that dies from an error nobody anticipated is logged and started again with backoff, instead
+    of leaving a process that answers /healthz but does no work; /readyz reports it while it is down.
+    """
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool(settings, max_size=pool_size)
-        loop = make(pool)
-        task = asyncio.create_task(loop.run(), name=name)
-        task.add_done_callback(lambda t: t.cancelled() or t.exception() is None
-                               or log.error(f"{name}_crashed", error=repr(t.exception())))
+        stopping = asyncio.Event()
+        current: list[_Loop] = []
+        healthy = asyncio.Event()
+
+        async def supervise() -> None:
+            delay = 1.0
+            while not stopping.is_set():
+                loop = make(pool)
+                current[:] = [loop]
+                healthy.set()
+                try:
+                    await loop.run()
+                    return
+                except Exception as exc:  # -- anything the loop did not handle: restart it rather than stall
+                    healthy.clear()
+                    log.exception(f"{name}_crashed", error=repr(exc), restart_in_s=delay)
+                try:
+                    await asyncio.wait_for(stopping.wait(), delay)
+                except TimeoutError:
+                    pass
+                delay = min(delay * 2, 30.0)
+
+        task = asyncio.create_task(supervise(), name=name)
 
         async def alive() -> None:
-            if task.done():
-                raise RuntimeError(f"{name} loop has stopped")
+            if task.done() or not healthy.is_set():
+                raise RuntimeError(f"{name} loop is not running")
             await pool.fetchval("select 1")
 
         app[READINESS_CHECKS].append((name, alive))
         yield
-        loop.stop()
+        stopping.set()
+        for loop in current:
+            loop.stop()
         try:
             await asyncio.wait_for(task, 30)
         except TimeoutError:

@@ -41,11 +41,10 @@ on conflict do nothing
 TRANSIENT = (
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.PostgresConnectionError,  # cannot connect now, connection does not exist, ...
     asyncpg.InterfaceError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
+    asyncpg.OperatorInterventionError,  # admin/crash shutdown, cannot connect now: a restarting server
+    asyncpg.InternalClientError,  # a connection cut in the middle of an operation
     OSError,
     TimeoutError,
 )
