@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Final
 
+import asyncpg
 import orjson
 import structlog
 from aiohttp import web
@@ -80,6 +81,12 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return json_response(exc.body(), status=exc.status)
     except web.HTTPRequestEntityTooLarge:
         return json_response(PayloadTooLarge("request body too large").body(), status=413)
+    except (asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError, asyncpg.InterfaceError,
+            asyncpg.InternalClientError, ConnectionError) as exc:
+        # The database is restarting or unreachable: a retryable 503, like Kafka being down, not a 500.
+        log.warning("database_unavailable", error=repr(exc), path=request.path)
+        return json_response(Unavailable("the database is unavailable; retry later").body(), status=503,
+                             headers={"Retry-After": "5"})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -54,6 +54,19 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403",
 [[operations]]
 include-operation-id = ["uploadContacts", "uploadContactsVcard"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409"]
+
+# A media upload's file part is schema-valid whatever its bytes, but the type is judged from the bytes: only
+# a real JPEG, PNG, GIF or MP4 is stored, and the document's 400 ("unsupported type") answers random bytes.
+[[operations]]
+include-operation-id = ["uploadMedia"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409"]
+
+# A campaign's destinations must be numbers libphonenumber can place (an E.164-shaped string of random digits
+# usually is not), and readyToSend true needs the sending mode's channel fields: the schema gives the E.164
+# shape, the rest is the document's 400.
+[[operations]]
+include-operation-id = ["createCampaign"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409"]
 """
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, Final
 
@@ -11,6 +13,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
+from qlara_events.api import params
 from qlara_events.api.auth import PREFIX, get_pool, principal, require_channel
 from qlara_events.config import Settings
 from qlara_events.contacts.phones import from_e164
@@ -64,32 +67,61 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def _schedule_pattern() -> str:
+    """``yyyy-MM-dd HH:mm:ss.SSSZ`` with real calendar dates of the years 1000 to 2999 (leap days included)."""
+    day = ("(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
+           "|02-(?:0[1-9]|1[0-9]|2[0-8]))")
+    leap_year = "(?:[12][0-9](?:0[48]|[2468][048]|[13579][26])|(?:1[26]|2[048])00)"
+    date = f"(?:[12][0-9]{{3}}-{day}|{leap_year}-02-29)"
+    return f"{date} (?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\\.[0-9]{{3}}[+-](?:[01][0-9]|2[0-3])[0-5][0-9]"
+
+
+#: scheduledDate, exactly (strptime alone would also take "2026-5-4 8:30:00.1Z").
+SCHEDULE: Final = re.compile(_schedule_pattern())
+SCHEDULE_PATTERN: Final = f"^{SCHEDULE.pattern}$"
+MAX_TEXT: Final = 2000
+#: A numeric text field (a template id sent as a number) is stored as its decimal text.
+MAX_INT64: Final = 2**63 - 1
+#: contactListIds: list ids (bigint), kept below 2**62 as the contact lists' ids are.
+MAX_LIST_ID: Final = 2**62 - 1
+
+
+def _text_field(body: dict[str, Any], name: str) -> str | None:
+    """A text field: a string (or an integer, stored as its decimal text) of at most 2000 characters, or null."""
+    v = body[name]
+    if v is None:
+        return None
+    number = params.json_int(v, -MAX_INT64 - 1, MAX_INT64)
+    if number is not None:
+        return str(number)
+    if not isinstance(v, str) or len(v) > MAX_TEXT or "\x00" in v:
+        raise BadRequest(f"{name} must be a string of at most {MAX_TEXT} characters, an integer or null")
+    return v
+
+
 def _columns(body: dict[str, Any], *, creating: bool) -> dict[str, Any]:
     """Validate the fields present in ``body``; return column values."""
     values: dict[str, Any] = {}
     for name in _STRINGS:
         if name in body:
-            v = body[name]
-            if v is not None and (not isinstance(v, (str, int)) or isinstance(v, bool) or len(str(v)) > 2000
-                                  or "\x00" in str(v)):
-                raise BadRequest(f"{name} must be a string of at most 2000 characters")
-            values[store.FIELDS[name]] = None if v is None else str(v)
-    if creating and not values.get("name"):
-        raise BadRequest("name is required")
+            values[store.FIELDS[name]] = _text_field(body, name)
+    if (creating or "name" in body) and not values.get("name"):
+        raise BadRequest("name is required: a non-empty string")
     if "sendingMode" in body or creating:
         mode = body.get("sendingMode")
         if mode not in rules.SENDING_MODES:
             raise BadRequest("sendingMode must be one of " + ", ".join(rules.SENDING_MODES))
         values["sending_mode"] = mode
     if "destinationType" in body or creating:
-        dtype = body.get("destinationType", 1 if "contactListIds" in body else 2 if "destinations" in body else None)
-        if dtype not in (1, 2) or isinstance(dtype, bool):
+        dtype = params.json_int(body.get(
+            "destinationType", 1 if "contactListIds" in body else 2 if "destinations" in body else None), 1, 2)
+        if dtype is None:
             raise BadRequest("destinationType must be 1 (contactListIds) or 2 (destinations)")
         values["destination_type"] = dtype
     if "contactListIds" in body:
-        ids = body["contactListIds"]
-        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and 0 < i < 2**62
-                                                for i in ids):
+        raw_ids = body["contactListIds"]
+        ids = [params.json_int(i, 1, MAX_LIST_ID) for i in raw_ids] if isinstance(raw_ids, list) else [None]
+        if None in ids:
             raise BadRequest("contactListIds must be an array of list ids")
         values["contact_list_ids"] = sorted(set(ids))
     if "destinations" in body:
@@ -108,15 +140,9 @@ def _columns(body: dict[str, Any], *, creating: bool) -> dict[str, Any]:
         values["destinations"] = list(dict.fromkeys(normalised))
     if "scheduledDate" in body:
         raw = body["scheduledDate"]
-        if raw is None:
-            values["scheduled_at"] = None
-        else:
-            try:
-                values["scheduled_at"] = rules.parse_schedule(raw) if isinstance(raw, str) else None
-            except ValueError:
-                values["scheduled_at"] = None
-            if values["scheduled_at"] is None:
-                raise BadRequest("scheduledDate must look like 2026-05-04 08:30:00.000+0200")
+        if raw is not None and (not isinstance(raw, str) or not SCHEDULE.fullmatch(raw)):
+            raise BadRequest("scheduledDate must look like 2026-05-04 08:30:00.000+0200 (years 1000 to 2999)")
+        values["scheduled_at"] = None if raw is None else rules.parse_schedule(raw)
     if "readyToSend" in body:
         if not isinstance(body["readyToSend"], bool):
             raise BadRequest("readyToSend must be true or false")
@@ -124,18 +150,18 @@ def _columns(body: dict[str, Any], *, creating: bool) -> dict[str, Any]:
     return values
 
 
-def _as_api(r: asyncpg.Record) -> dict[str, Any]:
-    return {api: r[col] for api, col in store.FIELDS.items()}
+def _as_api(r: Mapping[str, Any] | asyncpg.Record) -> dict[str, Any]:
+    return {api: r.get(col) for api, col in store.FIELDS.items()}
 
 
-def _complete(r: asyncpg.Record) -> None:
+def _complete(r: Mapping[str, Any] | asyncpg.Record) -> None:
     """400 unless the campaign could be sent: channel fields and a recipient source."""
     missing = rules.missing_fields(r["sending_mode"], _as_api(r))
     if missing:
         raise BadRequest(f"sendingMode {r['sending_mode']} needs " + ", ".join(missing))
-    if r["destination_type"] == 1 and not r["contact_list_ids"]:
+    if r["destination_type"] == 1 and not r.get("contact_list_ids"):
         raise BadRequest("destinationType 1 needs contactListIds")
-    if r["destination_type"] == 2 and not r["destinations"]:
+    if r["destination_type"] == 2 and not r.get("destinations"):
         raise BadRequest("destinationType 2 needs destinations")
 
 
@@ -161,9 +187,9 @@ async def create(request: web.Request) -> web.Response:
     """POST /campaigns → 201 draft (status 0)."""
     values = _columns(await _body(request), creating=True)
     require_channel(request, rules.SENDING_MODES[values["sending_mode"]][0])
+    if values.get("ready_to_send"):
+        _complete(values)  # before the insert: a refused campaign must not be created
     row = await store.create(get_pool(request.app), principal(request).account_id, values)
-    if row["ready_to_send"]:
-        _complete(row)
     return json_response(campaign_json(row), status=201)
 
 

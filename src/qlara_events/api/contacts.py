@@ -312,7 +312,8 @@ class _Form:
                         raise BadRequest("one 'file' part per request")
                     await self._save(part)
                 elif part.name in text_fields:
-                    value = (await part.read(decode=True))[:MAX_FIELD + 1].decode("utf-8", "replace")
+                    # Up to 4 UTF-8 bytes a character: enough bytes to tell a too-long value, never a silent cut.
+                    value = (await part.read(decode=True))[:4 * MAX_FIELD + 4].decode("utf-8", "replace")
                     if len(value) > MAX_FIELD or "\x00" in value:
                         raise BadRequest(f"{part.name} must be text of at most {MAX_FIELD} characters")
                     self.fields[part.name] = value

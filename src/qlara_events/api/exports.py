@@ -11,6 +11,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
+from qlara_events.api import params
 from qlara_events.api.auth import PREFIX, get_pool, principal, require_channel
 from qlara_events.api.shared import SIGNING_KEY, STORE
 from qlara_events.config import Settings
@@ -32,30 +33,32 @@ def _ts(v: dt.datetime | None) -> str | None:
     return None if v is None else v.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
+#: Free-text filters (sender, destination, a string campaignId): stored in the job's jsonb parameters.
+MAX_FILTER: Final = 200
+#: A numeric campaignId is a 64-bit integer (larger JSON numbers lose precision when parsed).
+MIN_INT64: Final = -(2**63)
+MAX_INT64: Final = 2**63 - 1
+
+
 def _offset_datetime(raw: object, name: str) -> dt.datetime:
-    """An ISO-8601 date-time with a mandatory offset (Qlara refuses date-only or offset-less values)."""
-    if not isinstance(raw, str) or "T" not in raw:
+    """An RFC 3339 date-time with its mandatory offset (Qlara refuses date-only or offset-less values)."""
+    if raw is None:
         raise BadRequest(f"{name} is required: an ISO-8601 date-time with offset, e.g. 2026-03-01T00:00:00+01:00")
-    try:
-        t = dt.datetime.fromisoformat(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be an ISO-8601 date-time with offset") from None
-    if t.tzinfo is None:
-        raise BadRequest(f"{name} must carry a UTC offset (e.g. +01:00 or Z)")
-    return t
+    return params.date_time(raw, name)
 
 
-def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        v = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer") from None
-    if not lo <= v <= hi:
-        raise BadRequest(f"{name} must be between {lo} and {hi}")
-    return v
+def _filter_text(body: dict[str, Any], name: str) -> str | None:
+    """An optional free-text filter; when present (null included) it must be 1 to 200 characters without NUL."""
+    if name not in body:
+        return None
+    value = body[name]
+    number = params.json_int(value, MIN_INT64, MAX_INT64) if name == "campaignId" else None
+    if number is not None:
+        value = str(number)  # upstream campaign ids are text; a numeric one is its decimal form
+    if not isinstance(value, str) or not value or len(value) > MAX_FILTER or "\x00" in value:
+        which = "an integer or a string" if name == "campaignId" else "a string"
+        raise BadRequest(f"{name} must be {which} of 1 to {MAX_FILTER} characters")
+    return value
 
 
 async def history(request: web.Request) -> web.Response:
@@ -71,8 +74,8 @@ async def history(request: web.Request) -> web.Response:
     status = q.get("status")
     if status is not None and status.upper() not in DeliveryStatus.__members__:
         raise BadRequest("status must be one of " + ", ".join(s.value for s in DeliveryStatus))
-    limit = _int_param(request, "limit", 20, 1, 1000)
-    page = _int_param(request, "page", 0, 0, 10_000_000)
+    limit = params.query_int(q, "limit", 20, 1, 1000)
+    page = params.query_int(q, "page", 0, 0, 10_000_000)
     if start > end:
         return json_response([])
     rows = await messages.history(get_pool(request.app), principal(request).account_id, channel, start, end,
@@ -113,42 +116,40 @@ async def _queue(request: web.Request, kind: str, params: dict[str, Any]) -> web
 
 
 async def export_history(request: web.Request) -> web.Response:
-    """POST /messages/history/export {startDateTime, endDateTime, sender?, destination?} → 202."""
+    """POST /messages/history/export {startDateTime, endDateTime, sender?, destination?, campaignId?} → 202."""
     body = await _body(request)
     start = _offset_datetime(body.get("startDateTime"), "startDateTime")
     end = _offset_datetime(body.get("endDateTime"), "endDateTime")  # end < start: an empty file, as GET does
-    params: dict[str, Any] = {"startDateTime": start.isoformat(), "endDateTime": end.isoformat()}
+    job: dict[str, Any] = {"startDateTime": start.isoformat(), "endDateTime": end.isoformat()}
     for name in ("sender", "destination", "campaignId"):
-        value = body.get(name)
+        value = _filter_text(body, name)
         if value is not None:
-            if isinstance(value, int) and not isinstance(value, bool) and name == "campaignId":
-                value = str(value)
-            if not isinstance(value, str) or not value or len(value) > 200:
-                raise BadRequest(f"{name} must be a non-empty string")
-            params[name] = value
-    return await _queue(request, "MESSAGE_HISTORY", params)
+            job[name] = value
+    return await _queue(request, "MESSAGE_HISTORY", job)
 
 
 async def export_delivery_reports(request: web.Request) -> web.Response:
-    """POST /exports/delivery-reports {campaignId} or {startDateTime, endDateTime} → 202."""
+    """POST /exports/delivery-reports {campaignId} or {startDateTime, endDateTime} → 202.
+
+    With a campaignId the window is not needed (and not applied), but a window field that is sent must be valid.
+    """
     body = await _body(request)
-    campaign = body.get("campaignId")
+    window = {name: _offset_datetime(body[name], name) for name in ("startDateTime", "endDateTime") if name in body}
+    campaign = _filter_text(body, "campaignId")
     if campaign is not None:
-        if isinstance(campaign, bool) or not isinstance(campaign, (int, str)) or str(campaign) == "":
-            raise BadRequest("campaignId must be an id")
-        return await _queue(request, "DELIVERY_REPORTS", {"campaignId": str(campaign)})
-    if body.get("startDateTime") is None and body.get("endDateTime") is None:
+        return await _queue(request, "DELIVERY_REPORTS", {"campaignId": campaign})
+    if not window:
         raise BadRequest("give campaignId, or startDateTime and endDateTime")
-    start = _offset_datetime(body.get("startDateTime"), "startDateTime")
-    end = _offset_datetime(body.get("endDateTime"), "endDateTime")
+    start = window.get("startDateTime") or _offset_datetime(None, "startDateTime")
+    end = window.get("endDateTime") or _offset_datetime(None, "endDateTime")
     return await _queue(request, "DELIVERY_REPORTS", {"startDateTime": start.isoformat(),
                                                       "endDateTime": end.isoformat()})
 
 
 async def list_exports(request: web.Request) -> web.Response:
     """GET /exports?page=&limit= (newest first)."""
-    limit = _int_param(request, "limit", 10, 1, 1000)
-    page = _int_param(request, "page", 0, 0, 1_000_000)
+    limit = params.query_int(request.query, "limit", 10, 1, 1000)
+    page = params.query_int(request.query, "page", 0, 0, 1_000_000)
     rows = await store.page(get_pool(request.app), principal(request).account_id, limit, page * limit)
     return json_response([export_json(r) for r in rows])
 

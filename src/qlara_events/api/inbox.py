@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from typing import Any, Final
 
@@ -10,6 +11,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
+from qlara_events.api import params
 from qlara_events.api.auth import PREFIX, get_pool, principal, require_channel
 from qlara_events.api.shared import PUBLISHER
 from qlara_events.config import Settings
@@ -65,60 +67,47 @@ async def _conversation(request: web.Request, chat_id: int | None = None) -> asy
     return found
 
 
-def _int_param(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        v = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer") from None
-    if not lo <= v <= hi:
-        raise BadRequest(f"{name} must be between {lo} and {hi}")
-    return v
+#: channelIds: comma-separated channel names, exactly (the document's pattern).
+CHANNEL_IDS: Final = re.compile("(?:{0})(?:,(?:{0}))*".format("|".join(c.value for c in Channel)))
+CHANNEL_IDS_PATTERN: Final = f"^{CHANNEL_IDS.pattern}$"
+#: orderBy: an optional sign and a field. A "+" sent unencoded in a query string arrives as a space.
+ORDER_BY: Final = re.compile("([+ -]?)({})".format("|".join(store.ORDERABLE)))
+ORDER_BY_PATTERN: Final = f"^{ORDER_BY.pattern}$"
+MAX_PAGE: Final = 1_000_000
+MAX_ID: Final = 2**63 - 1
+#: Message ids in the idFrom/idTo window.
+MAX_MESSAGE_ID: Final = 2**62
 
 
-def _bool_param(request: web.Request, name: str) -> bool | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return None
-    if raw.lower() in ("true", "1"):
-        return True
-    if raw.lower() in ("false", "0"):
-        return False
-    raise BadRequest(f"{name} must be true or false")
+def _optional_int(request: web.Request, name: str, lo: int, hi: int) -> int | None:
+    return params.query_int(request.query, name, -1, lo, hi) if name in request.query else None
 
 
 async def list_conversations(request: web.Request) -> web.Response:
     """GET /inbox/conversations?dateFrom=&channelIds=&unreadOnly=&orderBy=&archived=&page=&limit="""
     q = request.query
     date_from = None
-    if q.get("dateFrom"):
-        try:
-            date_from = dt.datetime.fromisoformat(q["dateFrom"])
-        except ValueError:
-            raise BadRequest("dateFrom must be an ISO-8601 date or date-time") from None
-        if date_from.tzinfo is None:
-            date_from = date_from.replace(tzinfo=dt.UTC)
+    if "dateFrom" in q:
+        date_from = params.date_or_date_time(q["dateFrom"], "dateFrom")
     channels = None
-    if q.get("channelIds"):
-        channels = [c.strip().upper() for c in q["channelIds"].split(",") if c.strip()]
-        if any(c not in Channel.__members__ for c in channels):
+    if "channelIds" in q:
+        if not CHANNEL_IDS.fullmatch(q["channelIds"]):
             raise BadRequest("channelIds must be a comma-separated list of SMS, RCS, WHATSAPP")
-    order = q.get("orderBy", "-lastMessageDate")
-    descending = not order.startswith("+")
-    field = order.lstrip("+- ")
-    if field not in store.ORDERABLE:
+        channels = sorted(set(q["channelIds"].split(",")))
+    order = ORDER_BY.fullmatch(q.get("orderBy", "-lastMessageDate"))
+    if order is None:
         raise BadRequest("orderBy must be +/- one of " + ", ".join(store.ORDERABLE))
-    archived_raw = q.get("archived", "false").lower()
+    # No sign means descending, as before signs were documented; "+" (or its form-decoded space) ascends.
+    descending, field = order.group(1) not in ("+", " "), order.group(2)
+    archived_raw = q.get("archived", "false")
     if archived_raw not in ("true", "false", "all"):
         raise BadRequest("archived must be true, false or all")
     archived = None if archived_raw == "all" else archived_raw == "true"
-    limit = _int_param(request, "limit", 20, 1, 1000) or 20
-    page = _int_param(request, "page", 0, 0, 1_000_000) or 0
+    limit = params.query_int(q, "limit", 20, 1, 1000)
+    page = params.query_int(q, "page", 0, 0, MAX_PAGE)
     rows = await store.list_conversations(
         get_pool(request.app), principal(request).account_id, date_from=date_from, channels=channels,
-        unread_only=bool(_bool_param(request, "unreadOnly")), archived=archived,
+        unread_only=bool(params.query_bool(q, "unreadOnly")), archived=archived,
         order_column=store.ORDERABLE[field], descending=descending, limit=limit, offset=page * limit)
     return json_response([conversation_json(r) for r in rows])
 
@@ -132,9 +121,9 @@ async def conversation_messages(request: web.Request) -> web.Response:
     """GET /inbox/conversations/{chatId}/messages?idFrom=&idTo= (chronological)."""
     conv = await _conversation(request)
     rows = await store.messages(get_pool(request.app), conv["chat_id"],
-                                _int_param(request, "idFrom", None, 0, 2**62),
-                                _int_param(request, "idTo", None, 0, 2**62),
-                                _int_param(request, "limit", 100, 1, 1000) or 100)
+                                _optional_int(request, "idFrom", 0, MAX_MESSAGE_ID),
+                                _optional_int(request, "idTo", 0, MAX_MESSAGE_ID),
+                                params.query_int(request.query, "limit", 100, 1, 1000))
     return json_response([{
         "id": r["id"], "direction": r["direction"], "messageId": r["message_id"] or r["event_id"],
         "text": r["text"], "messageType": r["message_type"], "media": r["media"], "timestamp": _ts(r["occurred_at"]),
@@ -154,15 +143,18 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
 async def reply(request: web.Request) -> web.Response:
     """POST /inbox/conversations/reply {chatId, text} → 202; the send request goes to the upstream senders."""
     body = await _json_object(request)
-    chat_id = body.get("chatId")
-    if isinstance(chat_id, bool) or not isinstance(chat_id, int) or not 0 < chat_id < 2**63:
+    chat_id = params.json_int(body.get("chatId"), 1, MAX_ID)
+    if chat_id is None:
         raise BadRequest("chatId is required: the conversation's numeric id")
+    # A field that is present must be valid (null included), even when the other one carries the reply.
     text = body.get("text")
+    if "text" in body and (not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT or "\x00" in text):
+        raise BadRequest(f"text must be 1 to {MAX_TEXT} characters, not only white space")
     template = body.get("template")
-    if template is not None and not isinstance(template, dict):
+    if "template" in body and not isinstance(template, dict):
         raise BadRequest("template must be an object (name, language, parameters)")
-    if template is None and (not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT):
-        raise BadRequest(f"text is required: 1 to {MAX_TEXT} characters")
+    if text is None and template is None:
+        raise BadRequest(f"text is required: 1 to {MAX_TEXT} characters (or a WhatsApp template)")
     conv = await _conversation(request, chat_id)
     now = dt.datetime.now(dt.UTC)
     if conv["channel"] == Channel.WHATSAPP.value and template is None and (
@@ -170,7 +162,9 @@ async def reply(request: web.Request) -> web.Response:
         raise BadRequest("outside WhatsApp's 24-hour customer-service window: the contact's last message is older "
                          "than 24 h, so only a template message can be sent (pass 'template')")
     message_id = str(uuid.uuid4())
-    content = text if isinstance(text, str) else f"[template {template.get('name') if template else ''}]"
+    # PostgreSQL text cannot hold NUL, which a template's free-form name might carry.
+    content = text if isinstance(text, str) else f"[template {template.get('name') if template else ''}]".replace(
+        "\x00", "")
     account = principal(request).account_id
     send_request = {
         "type": "send.request", "id": message_id, "messageId": message_id, "customerMessageId": f"inbox-{message_id}",
@@ -202,11 +196,9 @@ def _flag(sql_set: str, doc: str) -> Any:
 async def assign(request: web.Request) -> web.Response:
     """POST /inbox/conversations/{chatId}/assignee {userId} → 204; replaces any current assignee."""
     body = await _json_object(request)
-    user_id = body.get("userId")
-    if isinstance(user_id, bool) or not isinstance(user_id, int):
-        raise BadRequest("userId is required: a numeric user id")
-    if not 0 < user_id < 2**63:
-        raise NotFound("no such user in this account")
+    user_id = params.json_int(body.get("userId"), 1, MAX_ID)
+    if user_id is None:
+        raise BadRequest(f"userId is required: a numeric user id between 1 and {MAX_ID}")
     await _conversation(request)
     if not await store.assign(get_pool(request.app), principal(request).account_id, _chat_id(request), user_id):
         raise NotFound("no such user in this account")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import asyncpg
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
+from qlara_events.api import params
 from qlara_events.api.auth import PREFIX, get_pool, principal
 from qlara_events.api.shared import SIGNING_KEY, STORE
 from qlara_events.config import Settings
@@ -26,6 +29,10 @@ CHUNK: Final = 64 * 1024
 #: Bytes kept in memory to read image dimensions (a JPEG's frame header is near the start).
 HEAD_BYTES: Final = 64 * 1024
 MAX_FIELD: Final = 2000
+#: folderId: a positive 64-bit id (the column is a bigint), in decimal.
+MAX_FOLDER_ID: Final = 2**63 - 1
+_DIGITS: Final = re.compile(r"[0-9]{1,19}")
+MAX_PAGE: Final = 1_000_000
 
 
 def _ts(v: dt.datetime) -> str:
@@ -116,7 +123,8 @@ async def upload(request: web.Request) -> web.Response:
                 size = await blobs.write(key, up.chunks())
                 stored = (up, key, size, part.filename or "file")
             elif part.name in ("name", "description", "folderId"):
-                value = (await part.read(decode=True))[:MAX_FIELD + 1].decode("utf-8", "replace")
+                # Up to 4 UTF-8 bytes a character: enough bytes to tell a too-long value, never a silent cut.
+                value = (await part.read(decode=True))[:4 * MAX_FIELD + 4].decode("utf-8", "replace")
                 if len(value) > MAX_FIELD or "\x00" in value:
                     raise BadRequest(f"{part.name} must be text of at most {MAX_FIELD} characters")
                 fields[part.name] = value
@@ -124,8 +132,9 @@ async def upload(request: web.Request) -> web.Response:
         if stored:
             await blobs.delete(stored[1])
         raise
-    except (ValueError, AssertionError, LookupError, RuntimeError) as exc:
-        # -- aiohttp's multipart parser reports malformed bodies with these; they are the client's fault
+    except (ValueError, AssertionError, LookupError, RuntimeError, HttpProcessingError) as exc:
+        # -- aiohttp's multipart parser reports malformed bodies with these (a part header with control
+        # characters is an InvalidHeader, an HttpProcessingError); they are the client's fault
         if stored:
             await blobs.delete(stored[1])
         raise BadRequest(f"malformed multipart body: {exc}") from None
@@ -138,12 +147,12 @@ async def upload(request: web.Request) -> web.Response:
     up, key, size, filename = stored
     assert up.mime is not None
     folder_id = None
-    if fields.get("folderId"):
-        try:
-            folder_id = int(fields["folderId"])
-        except ValueError:
+    if "folderId" in fields:
+        raw = fields["folderId"]
+        if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= MAX_FOLDER_ID:
             await blobs.delete(key)
-            raise BadRequest("folderId must be an integer") from None
+            raise BadRequest(f"folderId must be an integer between 1 and {MAX_FOLDER_ID}")
+        folder_id = int(raw)
     wh = kinds.dimensions(up.mime, up.head)
     row = await store.insert(
         get_pool(request.app), principal(request).account_id, name=fields.get("name") or filename,
@@ -159,17 +168,12 @@ def _media_id(request: web.Request) -> int:
 async def list_media(request: web.Request) -> web.Response:
     """GET /media?page=&limit=&sortBy=&sortOrder= (plain array, like the other paginated lists)."""
     q = request.query
-    try:
-        page = int(q.get("page", "0"))
-        limit = int(q.get("limit", "10"))
-    except ValueError:
-        raise BadRequest("page and limit must be integers") from None
-    if not 0 <= page <= 1_000_000 or not 1 <= limit <= 1000:
-        raise BadRequest("page must be between 0 and 1000000 and limit between 1 and 1000")
+    page = params.query_int(q, "page", 0, 0, MAX_PAGE)
+    limit = params.query_int(q, "limit", 10, 1, 1000)
     sort_by = q.get("sortBy", "id")
     if sort_by not in store.SORTABLE:
         raise BadRequest("sortBy must be one of " + ", ".join(store.SORTABLE))
-    order = q.get("sortOrder", "asc").lower()
+    order = q.get("sortOrder", "asc")
     if order not in ("asc", "desc"):
         raise BadRequest("sortOrder must be asc or desc")
     rows = await store.page(get_pool(request.app), principal(request).account_id, sort_column=store.SORTABLE[sort_by],

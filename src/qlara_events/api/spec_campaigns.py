@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from qlara_events.api import campaigns as views
+from qlara_events.contacts import phones
+
 JSON = "application/json"
+#: Text PostgreSQL can store: anything but NUL.
+NO_NUL = "^[^\\u0000]*$"
 MODES = ["SMS", "RCS", "WHATSAPP", "RCS_SMS", "WHATSAPP_SMS", "WHATSAPP_RCS", "WHATSAPP_RCS_SMS"]
 
 
@@ -24,7 +29,7 @@ def schemas() -> dict[str, Any]:
     """Component schemas."""
     nstr = {"type": ["string", "null"]}
     ts = {"type": ["string", "null"], "format": "date-time"}
-    editable = {
+    editable: dict[str, Any] = {
         "name": {"type": "string"}, "description": nstr, "sendingMode": {"enum": MODES},
         "smsSender": nstr, "smsBody": {**nstr, "description": "{{firstName}}-style placeholders from contact fields"},
         "rcsAgentId": nstr, "rcsTemplateId": nstr, "whatsappPhoneNumberId": nstr, "whatsappTemplateId": nstr,
@@ -34,8 +39,36 @@ def schemas() -> dict[str, Any]:
         "scheduledDate": {**nstr, "description": "yyyy-MM-dd HH:mm:ss.SSSZ, e.g. 2026-05-04 08:30:00.000+0200"},
         "readyToSend": {"type": "boolean"},
     }
+    # What a request may carry: the text fields also take an integer (stored as its decimal text, for clients
+    # that send template ids as numbers).
+    number = {"type": "integer", "minimum": -views.MAX_INT64 - 1, "maximum": views.MAX_INT64}
+    text = {"anyOf": [{"type": "string", "maxLength": views.MAX_TEXT, "pattern": NO_NUL}, number]}
+    nullable_text = {"anyOf": [*text["anyOf"], {"type": "null"}]}
+    writable: dict[str, Any] = {
+        **{k: {**nullable_text, **({"description": v["description"]} if "description" in v else {})}
+           for k, v in editable.items() if v.get("type") == ["string", "null"] and k != "scheduledDate"},
+        "name": {"anyOf": [{**text["anyOf"][0], "minLength": 1}, number]},
+        "sendingMode": editable["sendingMode"],
+        "destinationType": {**editable["destinationType"],
+                            "description": "1 contactListIds, 2 destinations; default 1 when contactListIds is "
+                                           "sent, else 2 when destinations is"},
+        "contactListIds": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": views.MAX_LIST_ID}},
+        "destinations": {"type": "array", "maxItems": views.MAX_DESTINATIONS,
+                         "items": {"type": "string", "pattern": phones.E164_PATTERN},
+                         "description": "E.164 numbers libphonenumber can place (others are a 400)"},
+        "scheduledDate": {"type": ["string", "null"], "pattern": views.SCHEDULE_PATTERN,
+                          "description": editable["scheduledDate"]["description"] + " (years 1000 to 2999)"},
+        "readyToSend": {"type": "boolean", "description": "true needs the sending mode's channel fields and a "
+                                                          "non-empty recipient source (400 otherwise)"},
+    }
     return {
-        "CampaignRequest": {"type": "object", "properties": editable},
+        "CampaignCreate": {
+            "type": "object", "required": ["name", "sendingMode"], "properties": writable,
+            "anyOf": [{"required": ["destinationType"]}, {"required": ["contactListIds"]},
+                      {"required": ["destinations"]}],
+        },
+        "CampaignUpdate": {"type": "object", "properties": writable,
+                           "description": "Only the fields sent change"},
         "Campaign": {
             "type": "object", "required": ["id", "name", "sendingMode", "status"],
             "properties": {
@@ -77,7 +110,8 @@ def paths(p: str) -> dict[str, Any]:
             "429": _error("Rate limit exceeded")}
     cid = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
     missing = _error("No such campaign in the account")
-    body = {"required": True, "content": {JSON: {"schema": _ref("CampaignRequest")}}}
+    create_body = {"required": True, "content": {JSON: {"schema": _ref("CampaignCreate")}}}
+    update_body = {"required": True, "content": {JSON: {"schema": _ref("CampaignUpdate")}}}
 
     def q(name: str, schema: dict[str, Any], required: bool = False) -> dict[str, Any]:
         return {"name": name, "in": "query", "required": required, "schema": schema}
@@ -85,9 +119,10 @@ def paths(p: str) -> dict[str, Any]:
     return {
         base: {
             "post": {"operationId": "createCampaign", "tags": tag, "summary": "Create a draft (status 0)",
-                     "requestBody": body,
+                     "requestBody": create_body,
                      "responses": {"201": _ok(_ref("Campaign"), "Created"),
-                                   "400": _error("Missing fields or invalid sendingMode"), **auth}},
+                                   "400": _error("Missing or invalid fields, a destination libphonenumber cannot "
+                                                 "place, or readyToSend on an incomplete campaign"), **auth}},
             "get": {"operationId": "listCampaigns", "tags": tag, "summary": "Campaigns, newest first",
                     "parameters": [q("status", {"type": "integer", "minimum": 0, "maximum": 4}),
                                    q("page", {"type": "integer", "minimum": 0, "maximum": 1_000_000}),
@@ -111,7 +146,7 @@ def paths(p: str) -> dict[str, Any]:
             "get": {"operationId": "getCampaign", "tags": tag, "summary": "One campaign", "parameters": [cid],
                     "responses": {"200": _ok(_ref("Campaign")), **auth, "404": missing}},
             "put": {"operationId": "updateCampaign", "tags": tag, "summary": "Partial update (status 0 or 1 only)",
-                    "parameters": [cid], "requestBody": body,
+                    "parameters": [cid], "requestBody": update_body,
                     "responses": {"200": _ok(_ref("Campaign")), "400": _error("Invalid, or no longer editable"),
                                   **auth, "404": missing}},
             "delete": {"operationId": "deleteCampaign", "tags": tag, "summary": "Delete (status 0 or 1 only)",

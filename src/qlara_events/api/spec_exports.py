@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from qlara_events.api import exports as views
+
 JSON = "application/json"
+#: Text PostgreSQL (and its jsonb) can store: anything but NUL.
+NO_NUL = "^[^\\u0000]*$"
+_FILTER = {"type": "string", "minLength": 1, "maxLength": views.MAX_FILTER, "pattern": NO_NUL}
+#: A campaign id as the upstream senders give it: a number or text.
+_CAMPAIGN_ID = {"anyOf": [{"type": "integer", "minimum": views.MIN_INT64, "maximum": views.MAX_INT64}, _FILTER]}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -45,14 +52,16 @@ def schemas() -> dict[str, Any]:
         },
         "HistoryExportRequest": {
             "type": "object", "required": ["startDateTime", "endDateTime"],
-            "properties": {**window, "sender": {"type": "string"}, "destination": {"type": "string"},
-                           "campaignId": {"type": ["integer", "string"],
+            "properties": {**window, "sender": _FILTER, "destination": _FILTER,
+                           "campaignId": {**_CAMPAIGN_ID,
                                           "description": "That campaign's messages instead of API-sent ones"}},
         },
         "DeliveryReportsExportRequest": {
-            "type": "object", "description": "campaignId, or startDateTime and endDateTime",
+            "type": "object",
+            "description": "campaignId, or startDateTime and endDateTime; with a campaignId the window is not "
+                           "applied (a window field that is sent must still be valid)",
             "anyOf": [{"required": ["campaignId"]}, {"required": ["startDateTime", "endDateTime"]}],
-            "properties": {"campaignId": {"type": ["integer", "string"]}, **window},
+            "properties": {"campaignId": _CAMPAIGN_ID, **window},
         },
     }
 

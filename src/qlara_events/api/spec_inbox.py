@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from qlara_events.api import inbox as views
+
 JSON = "application/json"
+#: Text PostgreSQL can store (no NUL) with at least one character that is not white space.
+_TEXT_PATTERN = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -53,8 +57,10 @@ def schemas() -> dict[str, Any]:
         "ReplyRequest": {
             "type": "object", "required": ["chatId"],
             "anyOf": [{"required": ["text"]}, {"required": ["template"]}],
-            "properties": {"chatId": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
-                           "text": {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "\\S"},
+            "description": "text, template or both; a field that is sent must be valid",
+            "properties": {"chatId": {"type": "integer", "minimum": 1, "maximum": views.MAX_ID},
+                           "text": {"type": "string", "minLength": 1, "maxLength": views.MAX_TEXT,
+                                    "pattern": _TEXT_PATTERN},
                            "template": {"type": "object", "description": "WhatsApp template, required outside "
                                                                           "the 24-hour window"}},
         },
@@ -91,15 +97,17 @@ def paths(p: str) -> dict[str, Any]:
             "parameters": [
                 q("dateFrom", {"anyOf": [{"type": "string", "format": "date"},
                                          {"type": "string", "format": "date-time"}]},
-                  "Only conversations with a message at or after this date"),
-                q("channelIds", {"type": "string"}, "Comma-separated channels (SMS, RCS, WHATSAPP)"),
+                  "Only conversations with a message at or after this date (a date is midnight UTC)"),
+                q("channelIds", {"type": "string", "pattern": views.CHANNEL_IDS_PATTERN},
+                  "Comma-separated channels (SMS, RCS, WHATSAPP)"),
                 q("unreadOnly", {"type": "boolean"}),
-                q("orderBy", {"type": "string",
-                              "pattern": "^[+-]?(lastMessageDate|createdAt|unreadCount|chatId)$"},
-                  "+ or - followed by lastMessageDate, createdAt, unreadCount, chatId"),
+                q("orderBy", {"type": "string", "pattern": views.ORDER_BY_PATTERN},
+                  "+ (ascending) or - (descending, also without a sign) followed by lastMessageDate, createdAt, "
+                  "unreadCount or chatId; default -lastMessageDate. A + sent unencoded arrives as a space, which "
+                  "is accepted as +"),
                 q("archived", {"type": "string", "enum": ["true", "false", "all"]}, "Default false"),
-                q("page", {"type": "integer", "minimum": 0, "maximum": 1_000_000}),
-                q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                q("page", {"type": "integer", "minimum": 0, "maximum": views.MAX_PAGE}),
+                q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "Default 20"),
             ],
             "responses": {"200": _ok({"type": "array", "items": _ref("Conversation")}),
                           "400": _error("Invalid filter"), **auth}}},
@@ -120,9 +128,10 @@ def paths(p: str) -> dict[str, Any]:
                           **auth, "404": missing}}},
         f"{base}/{{chatId}}/messages": {"get": {
             "operationId": "getConversationMessages", "tags": tag, "summary": "The thread, chronological",
-            "parameters": [chat, q("idFrom", {"type": "integer", "minimum": 0, "maximum": 2**62},
+            "parameters": [chat, q("idFrom", {"type": "integer", "minimum": 0, "maximum": views.MAX_MESSAGE_ID},
                                    "Messages with id >= idFrom"),
-                           q("idTo", {"type": "integer", "minimum": 0, "maximum": 2**62}, "Messages with id <= idTo"),
+                           q("idTo", {"type": "integer", "minimum": 0, "maximum": views.MAX_MESSAGE_ID},
+                             "Messages with id <= idTo"),
                            q("limit", {"type": "integer", "minimum": 1, "maximum": 1000})],
             "responses": {"200": _ok({"type": "array", "items": _ref("ConversationMessage")}),
                           "400": _error("Invalid window"), "403": _error("Key restricted to other channels"),
@@ -140,7 +149,7 @@ def paths(p: str) -> dict[str, Any]:
                      "parameters": [chat],
                      "requestBody": {"required": True, "content": {JSON: {"schema": {
                          "type": "object", "required": ["userId"],
-                         "properties": {"userId": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}}}}}},
+                         "properties": {"userId": {"type": "integer", "minimum": 1, "maximum": views.MAX_ID}}}}}},
                      "responses": {**done, "400": _error("userId missing or not an integer"),
                                    "404": _error("Conversation or user not in the account")}},
             "delete": {"operationId": "unassignConversation", "tags": tag, "summary": "Remove the assignee",

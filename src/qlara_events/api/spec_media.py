@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from qlara_events.api import media as views
+
 JSON = "application/json"
+#: Text PostgreSQL can store: anything but NUL.
+NO_NUL = "^[^\\u0000]*$"
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -44,15 +48,21 @@ def paths(p: str) -> dict[str, Any]:
                      "summary": "Upload a JPEG, PNG, GIF (≤ 5 MB) or MP4 (≤ 100 MB), streamed to storage",
                      "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                          "type": "object", "required": ["file"],
-                         "properties": {"file": {"type": "string", "format": "binary"}, "name": {"type": "string"},
-                                        "description": {"type": "string"}, "folderId": {"type": "integer"}}}}}},
+                         "properties": {
+                             "file": {"type": "string", "format": "binary",
+                                      "description": "Its bytes decide the type; a declared part Content-Type "
+                                                     "must agree with them"},
+                             "name": {"type": "string", "maxLength": views.MAX_FIELD, "pattern": NO_NUL,
+                                      "description": "Default: the file part's filename"},
+                             "description": {"type": "string", "maxLength": views.MAX_FIELD, "pattern": NO_NUL},
+                             "folderId": {"type": "integer", "minimum": 1, "maximum": views.MAX_FOLDER_ID}}}}}},
                      "responses": {"201": {"description": "Created", "content": {JSON: {"schema": _ref("Media")}}},
                                    "400": _error("Missing file, unsupported or mislabelled type, bad field"),
                                    **auth, "413": _error("Over the size limit of the file's type")}},
             "get": {"operationId": "listMedia", "tags": ["Media"], "summary": "The account's media",
                     "parameters": [
                         {"name": "page", "in": "query",
-                         "schema": {"type": "integer", "minimum": 0, "maximum": 1_000_000}},
+                         "schema": {"type": "integer", "minimum": 0, "maximum": views.MAX_PAGE}},
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
                         {"name": "sortBy", "in": "query", "schema": {"enum": ["id", "name", "createdAt", "size"]}},
                         {"name": "sortOrder", "in": "query", "schema": {"enum": ["asc", "desc"]}}],
