@@ -66,7 +66,7 @@ down:
 	@deploy/local/infra.sh down
 
 lint: venv
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks chaos
 	$(BIN)/mypy
 
 clean: down

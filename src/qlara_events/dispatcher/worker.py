@@ -39,9 +39,11 @@ log = get_logger("dispatcher")
 
 #: How often an idle delivery loop looks for retries that became due.
 POLL_S = 0.2
-#: Transient database errors: the loops back off and go on.
+#: Transient database errors: the loops back off and go on. A restarting server also raises class 57
+#: (admin/crash shutdown, "cannot connect now") and, on a connection cut mid-operation, asyncpg's
+#: InternalClientError; letting those through killed the dispatcher loop for good (make chaos, postgres).
 TRANSIENT = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError,
-             asyncpg.DeadlockDetectedError)
+             asyncpg.DeadlockDetectedError, asyncpg.OperatorInterventionError, asyncpg.InternalClientError)
 
 
 def _parse_time(value: str | None) -> dt.datetime:
@@ -171,7 +173,13 @@ class Dispatcher:
                 except TRANSIENT as exc:
                     log.warning("claim_failed", error=repr(exc))
             if rows:
-                ends = await store.endpoints(self._pool, sorted({r["webhook_id"] for r in rows}))
+                try:
+                    ends = await store.endpoints(self._pool, sorted({r["webhook_id"] for r in rows}))
+                except TRANSIENT as exc:
+                    # The claimed rows stay leased; they are attempted again (same webhook-id) when it expires.
+                    log.warning("endpoints_failed", error=repr(exc))
+                    await asyncio.sleep(POLL_S)
+                    continue
                 for row in rows:
                     endpoint = ends.get(row["webhook_id"])
                     if endpoint is None:
