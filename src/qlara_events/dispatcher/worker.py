@@ -68,6 +68,8 @@ class Dispatcher:
         self._in_flight: collections.Counter[str] = collections.Counter()
         self._tasks: set[asyncio.Task[None]] = set()
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._pending: list[tuple[store.AttemptRecord, asyncio.Future[str | None]]] = []
+        self._pending_added = asyncio.Event()
 
     # ------------------------------------------------------------------------------------------- lifecycle
 
@@ -75,7 +77,7 @@ class Dispatcher:
         """Run both loops until :meth:`stop`; attempts in progress finish first."""
         await self._sender.start()
         try:
-            await asyncio.gather(self._intake(), self._deliver(), self._gauges())
+            await asyncio.gather(self._intake(), self._deliver(), self._gauges(), self._recorder())
         finally:
             if self._tasks:
                 await asyncio.wait(self._tasks, timeout=self._s.webhook_timeout_s + 1)
@@ -167,6 +169,7 @@ class Dispatcher:
                 for w, b in self._breakers.items():
                     if b.state(now) is BreakerState.HALF_OPEN:
                         free[w] = 0 if b.probing or self._in_flight[w] else 1
+                exclude += [w for w, n in free.items() if n <= 0]  # full: leave their rows to others
                 try:
                     rows = await store.claim(self._pool, limit=room, exclude=exclude, free=free, default_free=cap,
                                              lease_s=self._s.webhook_timeout_s + self._s.webhook_lease_margin_s)
@@ -236,16 +239,54 @@ class Dispatcher:
     async def _record(self, row: asyncpg.Record, attempted_at: dt.datetime, status: int | None, latency_ms: int,
                       error: str | None, outcome: Outcome, delay: float | None) -> None:
         metrics.WEBHOOK_ATTEMPTS.labels(outcome.value).inc()
-        disabled = await store.record(self._pool, store.AttemptRecord(
+        done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._pending.append((store.AttemptRecord(
             delivery_id=row["delivery_id"], webhook_id=row["webhook_id"], message_id=row["message_id"],
             status_rank=row["status_rank"], attempt=row["attempts"], attempted_at=attempted_at,
             status_code=status, latency_ms=latency_ms, error=error, outcome=outcome.value, next_delay_s=delay,
-        ), disable_after_s=self._s.webhook_disable_after_s)
+        ), done))
+        self._pending_added.set()
+        disabled = await done
         if outcome is not Outcome.SUCCEEDED:
             log.info("webhook_attempt", delivery_id=row["delivery_id"], webhook_id=row["webhook_id"],
                      outcome=outcome.value, status_code=status, error=error, next_attempt_in_s=delay)
         if disabled:
             log.warning("webhook_disabled", webhook_id=row["webhook_id"], reason=disabled)
+
+    async def _recorder(self) -> None:
+        """Record finished attempts in group commits: everything that finished while the previous
+        transaction ran goes into the next one (one transaction per attempt capped fan-out near 100/s)."""
+        while True:
+            if not self._pending:
+                if self._stopping.is_set() and not self._tasks:
+                    return
+                self._pending_added.clear()
+                try:
+                    await asyncio.wait_for(self._pending_added.wait(), POLL_S)
+                except TimeoutError:
+                    pass
+                continue
+            batch, self._pending = self._pending[:1000], self._pending[1000:]
+            delay = 0.1
+            while True:
+                try:
+                    disabled = await store.record_many(self._pool, [r for r, _ in batch],
+                                                       disable_after_s=self._s.webhook_disable_after_s)
+                    break
+                except TRANSIENT as exc:
+                    log.warning("record_retry", error=repr(exc), attempts=len(batch), retry_in_s=delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                except Exception as exc:  # -- unrecordable: the leases expire and the attempts are made again
+                    log.exception("record_failed", attempts=len(batch))
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    batch = []
+                    break
+            for rec, fut in batch:
+                if not fut.done():
+                    fut.set_result(disabled.get(rec.webhook_id))
 
     async def _gauges(self) -> None:
         while not self._stopping.is_set():
