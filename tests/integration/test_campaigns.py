@@ -32,6 +32,22 @@ async def sandbox(server: LiveServer) -> AsyncIterator[Sandbox]:
     await asyncio.wait_for(task, 60)
 
 
+async def contacts_list_via_api(http: aiohttp.ClientSession, server: LiveServer, account: Account, n: int) -> int:
+    """Contacts and a list created through the Platform API, as a partner would."""
+    ids = []
+    for i in range(1, n + 1):
+        status, contact = await call(http, server, "POST", f"{P}/contacts", account,
+                                     {"phoneNumber": f"+39333{2000000 + i:07d}", "firstName": f"Name{i}"})
+        assert status == 201, contact
+        ids.append(contact["id"])
+    status, lst = await call(http, server, "POST", f"{P}/contacts/list", account, {"name": "Milano"})
+    assert status == 201, lst
+    status, added = await call(http, server, "POST", f"{P}/contacts/list/contacts", account,
+                               {"listIds": [lst["id"]], "contactIds": ids})
+    assert status == 201 and added["created"] == n
+    return int(lst["id"])
+
+
 async def contacts_list(db: asyncpg.Pool, account: Account, n: int) -> int:
     list_id = await db.fetchval("insert into contact_lists (account_id, name) values ($1, 'Milano') returning list_id",
                                 account.id)
@@ -60,7 +76,7 @@ class TestCampaignFlow:
 
     async def test_end_to_end(self, http, server, db, account, sandbox) -> None:
         """Stats equal the statuses of the campaign's messages; its history export holds exactly them."""
-        list_id = await contacts_list(db, account, 40)
+        list_id = await contacts_list_via_api(http, server, account, 40)
         await db.execute("update accounts set credit = 100 where account_id = $1", account.id)
         status, camp = await call(http, server, "POST", C, account, draft(list_id))
         assert status == 201 and camp["status"] == 0
