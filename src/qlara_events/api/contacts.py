@@ -282,7 +282,9 @@ async def update_contact(request: web.Request) -> web.Response:
 async def delete_contacts(request: web.Request) -> web.Response:
     """DELETE /contacts?ids= (wins) or ?notIds= (every other contact of the account) → {"deleted": n}."""
     ids = _id_list(request.query, "ids")
-    keep = _id_list(request.query, "notIds") if ids is None else None
+    keep = _id_list(request.query, "notIds")  # validated even when ids wins: a malformed one is a 400
+    if ids is not None:
+        keep = None
     if ids is None and keep is None:  # neither mode chosen: nothing to delete (never "everything")
         return json_response({"deleted": 0})
     n = await store.delete(get_pool(request.app), principal(request).account_id, ids=ids, keep=keep)
