@@ -20,6 +20,7 @@ from qlara_events.config import Settings
 from qlara_events.domain import campaigns as rules
 from qlara_events.errors import Unavailable
 from qlara_events.ingress.publisher import Publisher
+from qlara_events.jobs import claim_loop
 from qlara_events.logs import get_logger
 from qlara_events.store import campaigns as store
 
@@ -74,22 +75,13 @@ class CampaignRunner:
 
     async def run(self) -> None:
         """Expand and complete campaigns until stopped."""
-        while not self._stopping.is_set():
-            try:
-                for cid in await store.complete_finished(self._pool):
-                    log.info("campaign_completed", campaign_id=cid)
-                campaign = await store.claim(self._pool, LEASE_S, self._s.campaign_deadline_s)
-            except (asyncpg.PostgresError, OSError) as exc:
-                log.warning("campaign_claim_failed", error=repr(exc))
-                campaign = None
-            if campaign is not None:
-                await self._expand(campaign)
-                continue
-            self.wake.clear()
-            try:
-                await asyncio.wait_for(self.wake.wait(), POLL_S)
-            except TimeoutError:
-                pass
+        await claim_loop(self._stopping, self.wake, self._claim, self._expand, poll_s=POLL_S, log=log,
+                         what="campaign")
+
+    async def _claim(self) -> asyncpg.Record | None:
+        for cid in await store.complete_finished(self._pool):
+            log.info("campaign_completed", campaign_id=cid)
+        return await store.claim(self._pool, LEASE_S, self._s.campaign_deadline_s)
 
     async def _expand(self, c: asyncpg.Record) -> None:
         if c["expansion_attempts"] > MAX_ATTEMPTS:

@@ -15,6 +15,7 @@ from typing import Any, Final
 import asyncpg
 
 from qlara_events.config import Settings
+from qlara_events.jobs import claim_loop
 from qlara_events.logs import get_logger
 from qlara_events.storage import BlobStore, new_key
 from qlara_events.store import exports as store
@@ -47,22 +48,12 @@ class Exporter:
 
     async def run(self) -> None:
         """Process jobs until :meth:`stop`."""
-        while not self._stopping.is_set():
-            try:
-                for key in await store.expire(self._pool):
-                    await self._blobs.delete(key)
-                job = await store.claim(self._pool, LEASE_S, MAX_ATTEMPTS)
-            except (asyncpg.PostgresError, OSError) as exc:
-                log.warning("export_claim_failed", error=repr(exc))
-                job = None
-            if job is not None:
-                await self._run(job)
-                continue
-            self.wake.clear()
-            try:
-                await asyncio.wait_for(self.wake.wait(), POLL_S)
-            except TimeoutError:
-                pass
+        await claim_loop(self._stopping, self.wake, self._claim, self._run, poll_s=POLL_S, log=log, what="export")
+
+    async def _claim(self) -> asyncpg.Record | None:
+        for key in await store.expire(self._pool):
+            await self._blobs.delete(key)
+        return await store.claim(self._pool, LEASE_S, MAX_ATTEMPTS)
 
     def stop(self) -> None:
         """Stop after the current job (a job cut short is resumed by the lease)."""

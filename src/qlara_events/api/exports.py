@@ -13,13 +13,13 @@ from aiohttp import web
 
 from qlara_events.api import params
 from qlara_events.api.auth import PREFIX, get_pool, principal, require_channel
-from qlara_events.api.shared import SIGNING_KEY, STORE
+from qlara_events.api.shared import SIGNING_KEY, STORE, serve_signed
 from qlara_events.config import Settings
 from qlara_events.domain.status import Channel, DeliveryStatus
-from qlara_events.errors import BadRequest, Conflict, NotFound, Unauthorized
+from qlara_events.errors import BadRequest, Conflict, NotFound
 from qlara_events.exporter import Exporter
 from qlara_events.http import json_response, path_int
-from qlara_events.storage import check_signature, sign_url
+from qlara_events.storage import sign_url
 from qlara_events.store import exports as store
 from qlara_events.store import messages
 from qlara_events.store.db import create_pool
@@ -196,17 +196,12 @@ async def regenerate(request: web.Request) -> web.Response:
 
 async def download(request: web.Request) -> web.StreamResponse:
     """GET /files/exports/{key}?expires=&signature= → the CSV."""
-    key = request.match_info["key"]
-    problem = check_signature(request.app[SIGNING_KEY], f"{FILES}/{key}", request.query.get("expires"),
-                              request.query.get("signature"))
-    if problem:
-        raise Unauthorized(f"download link refused: {problem}")
-    row = await store.by_storage_key(get_pool(request.app), key)
-    if row is None:
-        raise NotFound("this export is no longer available")
-    return web.FileResponse(request.app[STORE].path(key), headers={
-        "Content-Type": "text/csv; charset=utf-8",
-        "Content-Disposition": f'attachment; filename="export-{row["export_id"]}-{row["kind"].lower()}.csv"'})
+    return await serve_signed(
+        request, FILES, lambda key: store.by_storage_key(get_pool(request.app), key),
+        lambda row: {"Content-Type": "text/csv; charset=utf-8",
+                     "Content-Disposition": f'attachment; filename="export-{row["export_id"]}-'
+                                            f'{row["kind"].lower()}.csv"'},
+        "this export is no longer available")
 
 
 def add_routes(app: web.Application, settings: Settings) -> None:

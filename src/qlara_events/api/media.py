@@ -14,12 +14,12 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from qlara_events.api import params
 from qlara_events.api.auth import PREFIX, get_pool, principal
-from qlara_events.api.shared import SIGNING_KEY, STORE
+from qlara_events.api.shared import SIGNING_KEY, STORE, serve_signed
 from qlara_events.config import Settings
 from qlara_events.domain import media as kinds
-from qlara_events.errors import BadRequest, NotFound, PayloadTooLarge, QlaraError, Unauthorized
+from qlara_events.errors import BadRequest, NotFound, PayloadTooLarge, QlaraError
 from qlara_events.http import json_response, path_int
-from qlara_events.storage import check_signature, new_key, sign_url
+from qlara_events.storage import new_key, sign_url
 from qlara_events.store import media as store
 
 BASE: Final = f"{PREFIX}/media"
@@ -200,17 +200,11 @@ async def delete_media(request: web.Request) -> web.Response:
 
 async def download(request: web.Request) -> web.StreamResponse:
     """GET /files/media/{key}?expires=&signature= (no API key: the signature is the credential)."""
-    key = request.match_info["key"]
-    problem = check_signature(request.app[SIGNING_KEY], f"{FILES}/{key}", request.query.get("expires"),
-                              request.query.get("signature"))
-    if problem:
-        raise Unauthorized(f"download link refused: {problem}")
-    row = await store.by_storage_key(get_pool(request.app), key)
-    if row is None:
-        raise NotFound("this file no longer exists")
-    return web.FileResponse(request.app[STORE].path(key), headers={
-        "Content-Type": row["mime_type"], "Cache-Control": "private, max-age=300",
-        "Content-Disposition": f'inline; filename="media-{row["media_id"]}"'})
+    return await serve_signed(
+        request, FILES, lambda key: store.by_storage_key(get_pool(request.app), key),
+        lambda row: {"Content-Type": row["mime_type"], "Cache-Control": "private, max-age=300",
+                     "Content-Disposition": f'inline; filename="media-{row["media_id"]}"'},
+        "this file no longer exists")
 
 
 def add_routes(app: web.Application, settings: Settings) -> None:
