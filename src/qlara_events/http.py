@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
 import orjson
@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 
 from qlara_events import metrics
-from qlara_events.errors import NotFound, PayloadTooLarge, QlaraError, TooManyRequests, Unavailable
+from qlara_events.errors import BadRequest, NotFound, PayloadTooLarge, QlaraError, TooManyRequests, Unavailable
 from qlara_events.logs import get_logger
 
 log = get_logger("http")
@@ -141,6 +141,21 @@ def path_int(request: web.Request, name: str, what: str) -> int:
     if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
         raise NotFound(f"no such {what}")
     return int(raw)
+
+
+async def json_object(request: web.Request, *, limit: int = 16 * 1024 * 1024,
+                      empty_is_object: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object (400 otherwise; 413 past ``limit``); an empty body is ``{}`` if allowed."""
+    raw = await read_body(request, limit)
+    if empty_is_object and not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest("body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    return body
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

@@ -19,7 +19,7 @@ from qlara_events.config import Settings
 from qlara_events.contacts.phones import from_e164
 from qlara_events.domain import campaigns as rules
 from qlara_events.errors import BadRequest, NotFound
-from qlara_events.http import json_response, path_int
+from qlara_events.http import json_object, json_response, path_int
 from qlara_events.store import campaigns as store
 
 BASE: Final = f"{PREFIX}/campaigns"
@@ -58,13 +58,7 @@ def campaign_json(r: asyncpg.Record, counts: dict[str, int] | None = None) -> di
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise BadRequest("body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
-    return body
+    return await json_object(request)
 
 
 def _schedule_pattern() -> str:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import asyncpg
-import orjson
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -22,7 +21,7 @@ from qlara_events.contacts import fields, phones, readers, vcard
 from qlara_events.contacts.importer import Import
 from qlara_events.contacts.rows import Columns, ImportRow
 from qlara_events.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
-from qlara_events.http import json_response, read_body
+from qlara_events.http import json_object, json_response
 from qlara_events.store import contacts as store
 
 BASE: Final = f"{PREFIX}/contacts"
@@ -151,14 +150,7 @@ def _filters(q: Any, *, in_list: bool) -> store.Filters:
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
-    raw = await read_body(request, MAX_BODY)
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise BadRequest("the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    return body
+    return await json_object(request, limit=MAX_BODY)
 
 
 def _opt_str(body: dict[str, Any], name: str) -> str | None:

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import asyncpg
-import orjson
 from aiohttp import web
 
 from qlara_events.api import params
@@ -18,7 +17,7 @@ from qlara_events.config import Settings
 from qlara_events.domain.status import Channel, DeliveryStatus
 from qlara_events.errors import BadRequest, Conflict, NotFound
 from qlara_events.exporter import Exporter
-from qlara_events.http import json_response, path_int
+from qlara_events.http import json_object, json_response, path_int
 from qlara_events.storage import sign_url
 from qlara_events.store import exports as store
 from qlara_events.store import messages
@@ -99,14 +98,7 @@ def export_json(r: asyncpg.Record) -> dict[str, Any]:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    try:
-        body = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError:
-        raise BadRequest("body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
-    return body
+    return await json_object(request, empty_is_object=True)
 
 
 async def _queue(request: web.Request, kind: str, params: dict[str, Any]) -> web.Response:

@@ -8,7 +8,6 @@ import uuid
 from typing import Any, Final
 
 import asyncpg
-import orjson
 from aiohttp import web
 
 from qlara_events.api import params
@@ -17,7 +16,7 @@ from qlara_events.api.shared import PUBLISHER
 from qlara_events.config import Settings
 from qlara_events.domain.status import Channel
 from qlara_events.errors import BadRequest, NotFound
-from qlara_events.http import json_response, path_int
+from qlara_events.http import json_object, json_response, path_int
 from qlara_events.store import inbox as store
 
 BASE: Final = f"{PREFIX}/inbox/conversations"
@@ -131,13 +130,7 @@ async def conversation_messages(request: web.Request) -> web.Response:
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise BadRequest("body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
-    return body
+    return await json_object(request)
 
 
 async def reply(request: web.Request) -> web.Response:

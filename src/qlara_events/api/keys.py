@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any, Final
 
 import asyncpg
-import orjson
 from aiohttp import web
 
 from qlara_events.api.auth import PREFIX, get_pool, principal
 from qlara_events.domain.status import Channel
 from qlara_events.errors import BadRequest, NotFound
-from qlara_events.http import json_response
+from qlara_events.http import json_object, json_response
 from qlara_events.store import accounts
 
 BASE: Final = f"{PREFIX}/authentication"
@@ -57,13 +56,7 @@ def _optional_text(body: dict[str, Any], name: str, limit: int) -> str | None:
 
 async def create_key(request: web.Request) -> web.Response:
     """POST /authentication: a new key, returned once in ``apiKey``."""
-    raw_body = await request.read()
-    try:
-        body = orjson.loads(raw_body) if raw_body.strip() else {}
-    except orjson.JSONDecodeError:
-        raise BadRequest("body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
+    body = await json_object(request, empty_is_object=True)
     operations = body.get("operations")
     ops: list[str] | None = None
     if operations is not None:

@@ -18,22 +18,11 @@ from qlara_events.api import (
     spec_media,
     spec_socials,
 )
+from qlara_events.api.openapi_parts import JSON
+from qlara_events.api.openapi_parts import error as _error
+from qlara_events.api.openapi_parts import ok as _ok
+from qlara_events.api.openapi_parts import ref as _ref
 from qlara_events.domain.status import STATUS_CODES, Channel, DeliveryStatus
-
-JSON = "application/json"
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": _ref("Error")}}}
-
-
-def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": schema}}}
-
 
 _CHANNEL_QUERY = {
     "name": "channel", "in": "query", "required": True,

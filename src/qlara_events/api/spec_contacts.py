@@ -5,24 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from qlara_events.api import contacts as views
+from qlara_events.api.openapi_parts import JSON
+from qlara_events.api.openapi_parts import error as _error
+from qlara_events.api.openapi_parts import ok as _ok
+from qlara_events.api.openapi_parts import ref as _ref
 from qlara_events.contacts import fields, phones
 from qlara_events.store import contacts as store
 
-JSON = "application/json"
 #: Text PostgreSQL can store: anything but NUL.
 NO_NUL = "^[^\\u0000]*$"
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": _ref("Error")}}}
-
-
-def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": schema}}}
 
 
 def _text(limit: int, *, nullable: bool = False) -> dict[str, Any]:

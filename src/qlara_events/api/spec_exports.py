@@ -5,25 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from qlara_events.api import exports as views
+from qlara_events.api.openapi_parts import JSON
+from qlara_events.api.openapi_parts import error as _error
+from qlara_events.api.openapi_parts import ok as _ok
+from qlara_events.api.openapi_parts import ref as _ref
 
-JSON = "application/json"
 #: Text PostgreSQL (and its jsonb) can store: anything but NUL.
 NO_NUL = "^[^\\u0000]*$"
 _FILTER = {"type": "string", "minLength": 1, "maxLength": views.MAX_FILTER, "pattern": NO_NUL}
 #: A campaign id as the upstream senders give it: a number or text.
 _CAMPAIGN_ID = {"anyOf": [{"type": "integer", "minimum": views.MIN_INT64, "maximum": views.MAX_INT64}, _FILTER]}
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": _ref("Error")}}}
-
-
-def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": schema}}}
 
 
 def schemas() -> dict[str, Any]:

@@ -5,22 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from qlara_events.api import inbox as views
+from qlara_events.api.openapi_parts import JSON
+from qlara_events.api.openapi_parts import error as _error
+from qlara_events.api.openapi_parts import ok as _ok
+from qlara_events.api.openapi_parts import ref as _ref
 
-JSON = "application/json"
 #: Text PostgreSQL can store (no NUL) with at least one character that is not white space.
 _TEXT_PATTERN = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": _ref("Error")}}}
-
-
-def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": schema}}}
 
 
 def schemas() -> dict[str, Any]:

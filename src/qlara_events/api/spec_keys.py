@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-JSON = "application/json"
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": _ref("Error")}}}
+from qlara_events.api.openapi_parts import JSON
+from qlara_events.api.openapi_parts import error as _error
+from qlara_events.api.openapi_parts import ref as _ref
 
 
 def schemas() -> dict[str, Any]:

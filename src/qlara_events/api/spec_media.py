@@ -5,18 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from qlara_events.api import media as views
+from qlara_events.api.openapi_parts import JSON
+from qlara_events.api.openapi_parts import error as _error
+from qlara_events.api.openapi_parts import ref as _ref
 
-JSON = "application/json"
 #: Text PostgreSQL can store: anything but NUL.
 NO_NUL = "^[^\\u0000]*$"
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": _ref("Error")}}}
 
 
 def schemas() -> dict[str, Any]:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-JSON = "application/json"
-
-
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
+from qlara_events.api.openapi_parts import JSON
+from qlara_events.api.openapi_parts import error as _error
 
 
 def schemas() -> dict[str, Any]:

@@ -8,14 +8,13 @@ import datetime as dt
 from typing import Any, Final
 
 import asyncpg
-import orjson
 from aiohttp import web
 
 from qlara_events.api.auth import PREFIX, get_pool, principal
 from qlara_events.config import Settings
 from qlara_events.dispatcher.ssrf import check_url, parse_networks, resolve_checked
 from qlara_events.errors import BadRequest, Conflict, NotFound
-from qlara_events.http import json_response
+from qlara_events.http import json_object, json_response
 from qlara_events.standard_webhooks import new_secret
 from qlara_events.store import webhooks as store
 
@@ -48,14 +47,7 @@ def webhook_json(r: asyncpg.Record) -> dict[str, Any]:
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise BadRequest("body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
-    return body
+    return await json_object(request)
 
 
 async def _callback_url(request: web.Request) -> str:
