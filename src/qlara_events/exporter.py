@@ -33,6 +33,8 @@ def _query(kind: str, account_id: str, params: dict[str, Any]) -> tuple[str, tup
         return store.SQL_HISTORY_CSV, store.history_args(account_id, params)
     if kind == "DELIVERY_REPORTS":
         return store.SQL_DELIVERY_REPORTS_CSV, store.reports_args(account_id, params)
+    if kind == "CONTACTS":
+        return store.SQL_CONTACTS_CSV, store.contacts_args(account_id, params)
     raise ValueError(f"export kind {kind} is not supported by this server")
 
 

@@ -6,14 +6,17 @@ import asyncio
 import csv
 import datetime as dt
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 import asyncpg
+import orjson
 import pytest
 import pytest_asyncio
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from qlara_events.config import Settings
 from qlara_events.sandbox import Behaviour, Sandbox
 
 from support.live import Account, LiveServer, wait_until
@@ -65,6 +68,73 @@ async def call(http: aiohttp.ClientSession, server: LiveServer, method: str, pat
         return r.status, (await r.json() if r.status != 204 else None)
 
 
+class TopicWindow:
+    """The records a topic receives from the moment this is entered (older records are never replayed).
+
+    Each record is kept as (produce timestamp in ms, JSON value); :meth:`read_to_end` reads up to the end
+    offsets of the moment it is called, so what it returns is everything produced until then.
+    """
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self._consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+                                          enable_auto_commit=False)
+        self._topic = topic
+        self._partitions: list[TopicPartition] = []
+        self.records: list[tuple[int, dict[str, Any]]] = []
+
+    async def __aenter__(self) -> TopicWindow:
+        await self._consumer.start()
+        try:
+            async def assigned() -> set[TopicPartition]:
+                return set(self._consumer.assignment())
+
+            # Without a group every partition is assigned once the topic's metadata is in; the start positions
+            # are then pinned to the end offsets of this moment (a lazy "latest" reset would happen at the
+            # first fetch and could skip what was produced meanwhile).
+            self._partitions = sorted(await wait_until(assigned, what=f"partitions of {self._topic}"))
+            for tp, offset in (await self._consumer.end_offsets(self._partitions)).items():
+                self._consumer.seek(tp, offset)
+        except BaseException:
+            await self._consumer.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._consumer.stop()
+
+    async def poll(self) -> None:
+        """Take what has arrived so far (at most one short fetch)."""
+        for recs in (await self._consumer.getmany(timeout_ms=100)).values():
+            self.records.extend((r.timestamp, orjson.loads(r.value)) for r in recs)
+
+    async def read_to_end(self) -> list[tuple[int, dict[str, Any]]]:
+        """Every record produced since entering, up to the end offsets as of this call."""
+        end = await self._consumer.end_offsets(self._partitions)
+
+        async def caught_up() -> bool:
+            await self.poll()
+            return all([await self._consumer.position(tp) >= end[tp] for tp in self._partitions])
+
+        await wait_until(caught_up, what="the topic's end offsets")
+        return list(self.records)
+
+    async def matching(self, match: Callable[[dict[str, Any]], bool], count: int,
+                       timeout: float) -> list[tuple[int, dict[str, Any]]]:
+        """Await ``count`` records whose value matches."""
+        async def found() -> list[tuple[int, dict[str, Any]]] | None:
+            await self.poll()
+            got = [r for r in self.records if match(r[1])]
+            return got if len(got) >= count else None
+
+        return await wait_until(found, timeout=timeout, what=f"{count} matching records on {self._topic}")
+
+
+def schedule_text(t: dt.datetime) -> str:
+    """``t`` in Qlara's ``yyyy-MM-dd HH:mm:ss.SSSZ``, written in t's own offset."""
+    offset = t.strftime("%z")
+    return t.strftime("%Y-%m-%d %H:%M:%S.") + f"{t.microsecond // 1000:03d}{offset}"
+
+
 def draft(list_id: int, **over: Any) -> dict[str, Any]:
     return {"name": "Saldi primavera", "sendingMode": "SMS", "smsSender": "NegozioXY",
             "smsBody": "Ciao {{firstName}}, -20% fino a domenica!", "destinationType": 1,
@@ -74,7 +144,8 @@ def draft(list_id: int, **over: Any) -> dict[str, Any]:
 class TestCampaignFlow:
     """The whole loop: confirm → send requests → sandbox → receipts → counters → status 3 → stats and exports."""
 
-    async def test_end_to_end(self, http, server, db, account, sandbox) -> None:
+    async def test_end_to_end(self, http: aiohttp.ClientSession, server: LiveServer, db: asyncpg.Pool, account: Account,
+                              sandbox: Sandbox) -> None:
         """Stats equal the statuses of the campaign's messages; its history export holds exactly them."""
         list_id = await contacts_list_via_api(http, server, account, 40)
         await db.execute("update accounts set credit = 100 where account_id = $1", account.id)
@@ -133,7 +204,8 @@ class TestCampaignFlow:
         assert {row["messageId"] for row in exported_rows} == ids and len(exported_rows) == 40
         assert {row["deliveryStatus"] for row in exported_rows} <= {"DELIVERED", "ERROR"}
 
-    async def test_placeholders_reach_send_requests(self, http, server, db, account) -> None:
+    async def test_placeholders_reach_send_requests(self, http: aiohttp.ClientSession, server: LiveServer,
+                                                    db: asyncpg.Pool, account: Account) -> None:
         """Each send request carries the body rendered for its contact."""
         from support.live import read_topic
 
@@ -152,7 +224,8 @@ class TestCampaignFlow:
 class TestCampaignRules:
     """Validation, states and credit."""
 
-    async def test_validation_and_states(self, http, server, db, account, other_account) -> None:
+    async def test_validation_and_states(self, http: aiohttp.ClientSession, server: LiveServer, db: asyncpg.Pool,
+                                         account: Account, other_account: Account) -> None:
         """Bad modes and missing channel fields are 400; confirm needs a fresh goal and credit; started
         campaigns can be neither edited nor deleted; other accounts see 404."""
         list_id = await contacts_list(db, account, 3)
@@ -180,7 +253,7 @@ class TestCampaignRules:
         assert (await call(http, server, "PUT", f"{C}/{cid}/confirm", account))[0] == 400  # once only
 
         async def sending() -> bool:
-            return (await call(http, server, "GET", f"{C}/{cid}", account))[1]["status"] >= 2
+            return bool((await call(http, server, "GET", f"{C}/{cid}", account))[1]["status"] >= 2)
 
         await wait_until(sending, what="campaign started")
         assert (await call(http, server, "PUT", f"{C}/{cid}", account, {"name": "x"}))[0] == 400
@@ -189,7 +262,8 @@ class TestCampaignRules:
                              ("POST", f"{C}/{cid}/calculateGoal")):
             assert (await call(http, server, method, path, other_account))[0] == 404, path
 
-    async def test_draft_lifecycle_and_list(self, http, server, db, account) -> None:
+    async def test_draft_lifecycle_and_list(self, http: aiohttp.ClientSession, server: LiveServer, db: asyncpg.Pool,
+                                            account: Account) -> None:
         """A draft can be edited, listed and deleted (204); unknown lists are refused at calculateGoal."""
         _, camp = await call(http, server, "POST", C, account, draft(999_999_999))
         status, body = await call(http, server, "POST", f"{C}/{camp['id']}/calculateGoal", account)
@@ -206,14 +280,80 @@ class TestCampaignRules:
     @pytest.mark.parametrize("query", ["", "startDate=2026-01-01", "startDate=2026-01-01&endDate=x",
                                        "startDate=2026-01-01&endDate=2026-01-02&aggregateOn=year",
                                        "startDate=2026-01-01&endDate=2026-01-02&direction=UP"])
-    async def test_stats_errors(self, http, server, account, query) -> None:
+    async def test_stats_errors(self, http: aiohttp.ClientSession, server: LiveServer, account: Account,
+                               query: str) -> None:
         """Missing or invalid stats parameters are 400."""
         assert (await call(http, server, "GET", f"{C}/stats?{query}", account))[0] == 400
 
-    async def test_destinations_campaign(self, http, server, db, account) -> None:
+    async def test_destinations_campaign(self, http: aiohttp.ClientSession, server: LiveServer, db: asyncpg.Pool,
+                                         account: Account) -> None:
         """destinationType 2 counts its (deduplicated, normalised) numbers."""
         _, camp = await call(http, server, "POST", C, account, {
             "name": "raw", "sendingMode": "SMS", "smsSender": "X", "smsBody": "hi", "destinationType": 2,
             "destinations": ["+393331234567", "+393331234567", "+393337654321"]})
         _, goal = await call(http, server, "POST", f"{C}/{camp['id']}/calculateGoal", account)
         assert goal["totalDestinations"] == 2
+
+
+class TestScheduledCampaign:
+    """Confirming a campaign with a future scheduledDate: nothing is sent before that time, all of it after."""
+
+    #: How far ahead the campaign is scheduled: room for the checks that must run before it.
+    AHEAD_S = 8.0
+
+    async def _confirm(self, http: aiohttp.ClientSession, server: LiveServer, account: Account, list_id: int,
+                       scheduled: str) -> dict[str, Any]:
+        status, camp = await call(http, server, "POST", C, account,
+                                  draft(list_id, readyToSend=True, scheduledDate=scheduled))
+        assert status == 201, camp
+        status, goal = await call(http, server, "POST", f"{C}/{camp['id']}/calculateGoal", account)
+        assert status == 200, goal
+        status, confirmed = await call(http, server, "PUT", f"{C}/{camp['id']}/confirm", account)
+        assert status == 202, confirmed
+        return dict(confirmed)
+
+    async def test_future_schedule_waits_then_sends(self, http: aiohttp.ClientSession, server: LiveServer,
+                                                    db: asyncpg.Pool, account: Account) -> None:
+        """Before scheduledDate the campaign stays READY with no send request (while a campaign scheduled in the
+        past is sent at once); after it, every send request is produced at or after scheduledDate."""
+        list_id = await contacts_list(db, account, 3)
+        await db.execute("update accounts set credit = 10 where account_id = $1", account.id)
+        topic = server.settings.topics.send_requests
+        rome = dt.timezone(dt.timedelta(hours=2))
+        async with TopicWindow(server.settings, topic) as window:
+            # Millisecond precision, as the format carries; written at +02:00 to exercise the offset.
+            now = dt.datetime.now(dt.UTC)
+            at = (now + dt.timedelta(seconds=self.AHEAD_S)).replace(
+                microsecond=now.microsecond // 1000 * 1000).astimezone(rome)
+            scheduled = await self._confirm(http, server, account, list_id, schedule_text(at))
+            assert (scheduled["status"], scheduled["statusName"]) == (1, "READY")
+            assert scheduled["scheduledDate"] == schedule_text(at.astimezone(dt.UTC))
+            # A campaign whose scheduledDate has passed is sent at once (Qlara: "otherwise immediate"); that the
+            # runner sends it shows the runner is polling while it leaves the future one alone.
+            past = at.astimezone(dt.timezone(dt.timedelta(hours=-5))) - dt.timedelta(days=1)
+            immediate = await self._confirm(http, server, account, list_id, schedule_text(past))
+            await window.matching(lambda v: v.get("campaignId") == str(immediate["id"]), 3, timeout=self.AHEAD_S)
+
+            # (a) Strictly before scheduledDate: no send request of the scheduled campaign, still READY.
+            produced = await window.read_to_end()
+            status, waiting = await call(http, server, "GET", f"{C}/{scheduled['id']}", account)
+            checked_at = dt.datetime.now(dt.UTC)
+            assert checked_at < at, f"the checks ran after scheduledDate ({checked_at} >= {at}): too slow a machine"
+            assert [v for _, v in produced if v.get("campaignId") == str(scheduled["id"])] == []
+            assert status == 200 and (waiting["status"], waiting["statusName"]) == (1, "READY")
+            assert waiting["messagesCreated"] == 0 and waiting["startedAt"] is None
+
+            # (b) Once the time passes the runner sends it: every send request produced at or after scheduledDate.
+            sent = await window.matching(lambda v: v.get("campaignId") == str(scheduled["id"]), 3,
+                                         timeout=self.AHEAD_S + 30)
+        at_ms = int(at.timestamp() * 1000)
+        assert min(ts for ts, _ in sent) >= at_ms
+        assert min(dt.datetime.fromisoformat(v["requestedAt"]) for _, v in sent) >= at
+        assert sorted(v["destination"] for _, v in sent) == [f"+39333{1000000 + i:07d}" for i in (1, 2, 3)]
+
+        async def started() -> dict[str, Any] | None:
+            _, c = await call(http, server, "GET", f"{C}/{scheduled['id']}", account)
+            return c if c["status"] in (2, 3) and c["messagesCreated"] == 3 else None
+
+        running = await wait_until(started, what="the scheduled campaign sending")
+        assert dt.datetime.fromisoformat(running["startedAt"]) >= at

@@ -37,6 +37,12 @@ MAX_FILTER: Final = 200
 #: A numeric campaignId is a 64-bit integer (larger JSON numbers lose precision when parsed).
 MIN_INT64: Final = -(2**63)
 MAX_INT64: Final = 2**63 - 1
+#: Contact and list ids are positive bigints; a contacts export takes at most this many of them.
+MAX_CONTACT_ID: Final = MAX_INT64
+MAX_EXPORT_IDS: Final = 10_000
+#: The fields of a contacts export request (anything else is a 400: a misspelt filter would otherwise export
+#: every contact of the account).
+CONTACT_FILTERS: Final = ("listIds", "contactIds")
 
 
 def _offset_datetime(raw: object, name: str) -> dt.datetime:
@@ -138,6 +144,40 @@ async def export_delivery_reports(request: web.Request) -> web.Response:
                                                       "endDateTime": end.isoformat()})
 
 
+def _id_array(body: dict[str, Any], name: str) -> list[int] | None:
+    """An optional array of 1 to 10,000 positive 64-bit ids (deduplicated, sorted); absent is None, else 400."""
+    if name not in body:
+        return None
+    value = body[name]
+    problem = f"{name} must be a non-empty array of at most {MAX_EXPORT_IDS} integer ids from 1 to {MAX_CONTACT_ID}"
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_EXPORT_IDS:
+        raise BadRequest(problem)
+    ids: set[int] = set()
+    for v in value:
+        number = params.json_int(v, 1, MAX_CONTACT_ID)
+        if number is None:
+            raise BadRequest(problem)
+        ids.add(number)
+    return sorted(ids)
+
+
+async def export_contacts(request: web.Request) -> web.Response:
+    """POST /exports/contacts {listIds} or {contactIds} or {} (every contact of the account) → 202."""
+    body = await _body(request)
+    unknown = sorted(set(body) - set(CONTACT_FILTERS))
+    if unknown:
+        raise BadRequest("unknown fields: " + ", ".join(name[:64] for name in unknown[:10])
+                         + "; give listIds or contactIds, or neither for every contact")
+    if all(name in body for name in CONTACT_FILTERS):
+        raise BadRequest("give listIds or contactIds, not both")
+    job: dict[str, Any] = {}
+    for name in CONTACT_FILTERS:
+        ids = _id_array(body, name)
+        if ids is not None:
+            job[name] = ids
+    return await _queue(request, "CONTACTS", job)
+
+
 async def list_exports(request: web.Request) -> web.Response:
     """GET /exports?page=&limit= (newest first)."""
     limit = params.query_int(request.query, "limit", 10, 1, 1000)
@@ -214,6 +254,7 @@ def add_routes(app: web.Application, settings: Settings) -> None:
     app.router.add_get(f"{PREFIX}/messages/history", history)
     app.router.add_post(f"{PREFIX}/messages/history/export", export_history)
     app.router.add_post(f"{PREFIX}/exports/delivery-reports", export_delivery_reports)
+    app.router.add_post(f"{PREFIX}/exports/contacts", export_contacts)  # before /exports/{exportId}
     app.router.add_get(f"{PREFIX}/exports", list_exports)
     app.router.add_get(f"{PREFIX}/exports/{{exportId}}", download_link)
     app.router.add_post(f"{PREFIX}/exports/{{exportId}}", regenerate)

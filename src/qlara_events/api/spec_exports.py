@@ -15,6 +15,9 @@ NO_NUL = "^[^\\u0000]*$"
 _FILTER = {"type": "string", "minLength": 1, "maxLength": views.MAX_FILTER, "pattern": NO_NUL}
 #: A campaign id as the upstream senders give it: a number or text.
 _CAMPAIGN_ID = {"anyOf": [{"type": "integer", "minimum": views.MIN_INT64, "maximum": views.MAX_INT64}, _FILTER]}
+#: Contact or list ids of a contacts export.
+_IDS = {"type": "array", "minItems": 1, "maxItems": views.MAX_EXPORT_IDS,
+        "items": {"type": "integer", "minimum": 1, "maximum": views.MAX_CONTACT_ID}}
 
 
 def schemas() -> dict[str, Any]:
@@ -46,6 +49,14 @@ def schemas() -> dict[str, Any]:
             "properties": {**window, "sender": _FILTER, "destination": _FILTER,
                            "campaignId": {**_CAMPAIGN_ID,
                                           "description": "That campaign's messages instead of API-sent ones"}},
+        },
+        "ContactsExportRequest": {
+            "type": "object", "additionalProperties": False,
+            "description": "listIds, or contactIds, or neither for every contact of the account (not both). "
+                           "Ids of other accounts match nothing. Unknown fields are a 400.",
+            "not": {"required": list(views.CONTACT_FILTERS)},
+            "properties": {"listIds": {**_IDS, "description": "Members of any of these lists (each contact once)"},
+                           "contactIds": {**_IDS, "description": "These contacts"}},
         },
         "DeliveryReportsExportRequest": {
             "type": "object",
@@ -93,6 +104,13 @@ def paths(p: str) -> dict[str, Any]:
             "requestBody": {"required": True, "content": {JSON: {"schema": _ref("DeliveryReportsExportRequest")}}},
             "responses": {"202": _ok(_ref("ExportJob"), "Queued"),
                           "400": _error("Neither campaignId nor a window, or bad dates"), **auth}}},
+        f"{p}/exports/contacts": {"post": {
+            "operationId": "exportContacts", "tags": tag,
+            "summary": "CSV of the account's contacts (all, some lists' members or some ids), by id; a background job",
+            "requestBody": {"required": True, "content": {JSON: {"schema": _ref("ContactsExportRequest")}}},
+            "responses": {"202": _ok(_ref("ExportJob"), "Queued"),
+                          "400": _error("Malformed ids, empty arrays, both listIds and contactIds, or unknown "
+                                        "fields"), **auth}}},
         f"{p}/exports": {"get": {
             "operationId": "listExports", "tags": tag, "summary": "Export jobs, newest first",
             "parameters": [q("page", {"type": "integer", "minimum": 0, "maximum": 1_000_000}),

@@ -124,6 +124,29 @@ where m.account_id = $1 and e.type = 'message.status'
 order by e.occurred_at, e.event_id
 """
 
+#: The account's contacts: every one, the members of some lists, or some ids — each contact once, by id. Lists
+#: and ids of other accounts match nothing (the contact and the list must both be the account's). listIds is
+#: every list of the account the contact belongs to, ';'-joined; timestamps are ISO 8601 in UTC.
+SQL_CONTACTS_CSV: Final = """
+select c.contact_id as "id", c.phone_number as "phoneNumber", c.email, c.first_name as "firstName",
+       c.last_name as "lastName", c.full_name as "fullName", c.gender, c.custom_fields::text as "customFields",
+       c.is_valid::text as "isValid", array_to_string(c.communication_supported, ';') as "communicationSupported",
+       c.is_test::text as "isTest", c.last_contact_type as "lastContactType",
+       c.last_campaign_type as "lastCampaignType",
+       (select string_agg(m.list_id::text, ';' order by m.list_id)
+        from contact_list_members m join contact_lists l on l.list_id = m.list_id and l.account_id = $1
+        where m.contact_id = c.contact_id) as "listIds",
+       to_char(c.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as "createdAt",
+       to_char(c.updated_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as "updatedAt"
+from contacts c
+where c.account_id = $1
+  and ($2::bigint[] is null or exists (
+      select 1 from contact_list_members m join contact_lists l on l.list_id = m.list_id and l.account_id = $1
+      where m.contact_id = c.contact_id and m.list_id = any($2::bigint[])))
+  and ($3::bigint[] is null or c.contact_id = any($3::bigint[]))
+order by c.contact_id
+"""
+
 
 def history_args(account_id: str, p: dict[str, Any]) -> tuple[Any, ...]:
     """Arguments of :data:`SQL_HISTORY_CSV` from a job's params."""
@@ -137,3 +160,11 @@ def reports_args(account_id: str, p: dict[str, Any]) -> tuple[Any, ...]:
     end = p.get("endDateTime")
     return (account_id, None if p.get("campaignId") is None else str(p["campaignId"]),
             dt.datetime.fromisoformat(start) if start else None, dt.datetime.fromisoformat(end) if end else None)
+
+
+def contacts_args(account_id: str, p: dict[str, Any]) -> tuple[Any, ...]:
+    """Arguments of :data:`SQL_CONTACTS_CSV` from a job's params (no listIds nor contactIds: every contact)."""
+    list_ids = p.get("listIds")
+    contact_ids = p.get("contactIds")
+    return (account_id, None if list_ids is None else [int(i) for i in list_ids],
+            None if contact_ids is None else [int(i) for i in contact_ids])
