@@ -21,6 +21,7 @@ from qlara_events.http import READINESS_CHECKS, base_app
 from qlara_events.ingress import app as ingress_app
 from qlara_events.logs import get_logger
 from qlara_events.projector.consumer import Projector
+from qlara_events.projector.partitions import PartitionKeeper
 from qlara_events.sandbox import Behaviour, Sandbox
 from qlara_events.store.db import create_pool
 
@@ -43,6 +44,7 @@ def build_app(settings: Settings, roles: Iterable[str], *, sandbox: Behaviour | 
         api_app.setup(app, settings)
     if "projector" in wanted:
         app.cleanup_ctx.append(_projector_ctx(settings))
+        app.cleanup_ctx.append(_loop_ctx("partitions", settings, PartitionKeeper, 1))
     if "dispatcher" in wanted:
         app.cleanup_ctx.append(_dispatcher_ctx(settings))
     if sandbox is not None:

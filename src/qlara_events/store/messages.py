@@ -9,32 +9,36 @@ import asyncpg
 from qlara_events.domain.status import DeliveryStatus
 
 _COLUMNS: Final = """
-message_id, customer_message_id, channel, destination, sender, campaign_id, parts, status, description,
-error_code, error_message, failed_after_delivery, submitted_at, sent_at, delivered_at, read_at, failed_at,
-updated_at
+m.message_id, m.customer_message_id, m.channel, m.destination, m.sender, m.campaign_id, m.parts, m.status,
+m.description, m.error_code, m.error_message, m.failed_after_delivery, m.submitted_at, m.sent_at, m.delivered_at,
+m.read_at, m.failed_at, m.updated_at
 """
 
 SQL_BY_CUSTOMER_ID: Final = f"""
-select {_COLUMNS} from messages
-where account_id = $1 and channel = $2 and customer_message_id = $3
-order by submitted_at desc limit 1
+select {_COLUMNS} from messages m
+where m.account_id = $1 and m.channel = $2 and m.customer_message_id = $3
+order by m.submitted_at desc limit 1
 """
 
 SQL_BY_CUSTOMER_IDS: Final = f"""
-select distinct on (customer_message_id) {_COLUMNS} from messages
-where account_id = $1 and channel = $2 and customer_message_id = any($3::text[])
-order by customer_message_id, submitted_at desc
+select distinct on (m.customer_message_id) {_COLUMNS} from messages m
+where m.account_id = $1 and m.channel = $2 and m.customer_message_id = any($3::text[])
+order by m.customer_message_id, m.submitted_at desc
 """
 
+#: ``message_keys`` says the month first, so only that partition is read (pruned when the plan starts).
 SQL_BY_MESSAGE_ID: Final = f"""
-select {_COLUMNS} from messages where account_id = $1 and message_id = $2 and ($3::text is null or channel = $3)
+select {_COLUMNS} from messages m
+where m.message_id = $2 and m.submitted_at = (select k.submitted_at from message_keys k where k.message_id = $2)
+  and m.account_id = $1 and ($3::text is null or m.channel = $3)
 """
 
+#: The window prunes the partitions to the months it covers; each is read in index order.
 SQL_HISTORY: Final = f"""
-select {_COLUMNS} from messages
-where account_id = $1 and channel = $2 and submitted_at >= $3 and submitted_at <= $4
-  and ($5::text is null or status = $5)
-order by submitted_at, message_id
+select {_COLUMNS} from messages m
+where m.account_id = $1 and m.channel = $2 and m.submitted_at >= $3 and m.submitted_at <= $4
+  and ($5::text is null or m.status = $5)
+order by m.submitted_at, m.message_id
 limit $6 offset $7
 """
 

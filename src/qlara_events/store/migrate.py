@@ -10,6 +10,7 @@ import re
 from importlib import resources
 from typing import Final
 
+from qlara_events.store import partitions
 from qlara_events.store.db import Conn
 
 _LOCK_KEY: Final = 0x71_6C_61_72_61  # "qlara"
@@ -42,4 +43,6 @@ async def migrate(conn: Conn) -> list[str]:
             await conn.execute(sql)
             await conn.execute("insert into schema_migrations (version, name) values ($1, $2)", version, name)
             applied.append(name)
+        # The months ahead (migration 010), so a fresh install writes into partitions from its first message.
+        await partitions.ensure(conn)
     return applied

@@ -69,6 +69,8 @@ def _identities(event: Event) -> list[str]:
 SQL_LOCK: Final = "select pg_advisory_xact_lock(k) from unnest($1::bigint[]) as k"
 SQL_SEEN: Final = "select event_id from message_events where event_id = any($1::text[])"
 
+#: ``on conflict do nothing`` is the trigger of migration 010: a message whose id is already in
+#: ``message_keys`` (in any month) is not inserted, so a submission seen before creates nothing.
 SQL_INSERT_MESSAGES: Final = """
 insert into messages (message_id, account_id, channel, customer_message_id, provider, provider_message_id,
                       destination, sender, campaign_id, parts, status, status_rank, description,
@@ -80,7 +82,7 @@ from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text
             $9::text[], $10::smallint[], $11::timestamptz[])
      as v(message_id, account_id, channel, customer_message_id, provider, provider_message_id, destination,
           sender, campaign_id, parts, submitted_at)
-on conflict (message_id) do nothing
+on conflict do nothing
 returning message_id
 """
 
@@ -135,7 +137,7 @@ order by v.occurred_at, v.event_id
 on conflict do nothing
 """
 
-SQL_EXISTING_MESSAGES: Final = "select message_id from messages where message_id = any($1::text[])"
+SQL_EXISTING_MESSAGES: Final = "select message_id from message_keys where message_id = any($1::text[])"
 
 SQL_REFS: Final = """
 select r.provider, r.provider_message_id, r.message_id, r.part
@@ -153,11 +155,13 @@ where e.message_id is null and e.type = 'message.status'
           (select * from unnest($2::text[], $3::text[]) as v(provider, provider_message_id)))
 """
 
+#: Through ``message_keys``, so each lookup reads the one month its message lives in.
 SQL_LOAD_STATE: Final = """
-select message_id, account_id, channel, customer_message_id, destination, campaign_id, parts, status,
-       description, error_code, error_message, failed_after_delivery, delivered_at, read_at, failed_at,
-       submitted_at
-from messages where message_id = any($1::text[]) order by message_id for update
+select m.message_id, m.account_id, m.channel, m.customer_message_id, m.destination, m.campaign_id, m.parts,
+       m.status, m.description, m.error_code, m.error_message, m.failed_after_delivery, m.delivered_at, m.read_at,
+       m.failed_at, m.submitted_at
+from message_keys k join messages m on m.message_id = k.message_id and m.submitted_at = k.submitted_at
+where k.message_id = any($1::text[]) order by m.message_id for update of m
 """
 
 SQL_LOAD_PARTS: Final = "select message_id, part, status from message_parts where message_id = any($1::text[])"
@@ -168,10 +172,10 @@ update messages m set status = v.status, status_rank = v.status_rank, descriptio
        failed_after_delivery = v.failed_after_delivery, delivered_at = v.delivered_at, read_at = v.read_at,
        failed_at = v.failed_at, updated_at = now()
 from unnest($1::text[], $2::text[], $3::smallint[], $4::text[], $5::text[], $6::text[], $7::bool[],
-            $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
+            $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[])
      as v(message_id, status, status_rank, description, error_code, error_message, failed_after_delivery,
-          delivered_at, read_at, failed_at)
-where m.message_id = v.message_id and m.status_rank <= v.status_rank
+          delivered_at, read_at, failed_at, submitted_at)
+where m.message_id = v.message_id and m.submitted_at = v.submitted_at and m.status_rank <= v.status_rank
 """
 
 SQL_UPSERT_PARTS: Final = """
@@ -249,7 +253,8 @@ async def apply_batch(conn: Conn, batch: Sequence[Incoming], *, status_topic: st
 
         created = await _insert_submissions(conn, new_subs)
         counters: collections.Counter[tuple[str, dt.datetime, str]] = collections.Counter()
-        for sub in new_subs:
+        # Once per created message, even when a sender retried its submission under a new event id.
+        for sub in {s.message_id: s for s in reversed(new_subs)}.values():
             if sub.campaign_id and sub.message_id in created:
                 counters[(sub.campaign_id, _hour(sub.occurred_at), DeliveryStatus.SENT.value)] += 1
         if inbound:
@@ -291,7 +296,7 @@ async def apply_batch(conn: Conn, batch: Sequence[Incoming], *, status_topic: st
                     counters[(info["campaign_id"], hour, transition.previous.value)] -= 1
                     counters[(info["campaign_id"], hour, transition.status.value)] += 1
 
-        await _write_states(conn, [states[m][0] for m in sorted(changed)])
+        await _write_states(conn, [states[m] for m in sorted(changed)])
         await _insert_history(conn, rows)
         if orphan_updates:
             await conn.execute(SQL_RESOLVE_ORPHANS, *map(list, zip(*orphan_updates, strict=True)))
@@ -440,15 +445,16 @@ async def _load_states(
     return states
 
 
-async def _write_states(conn: Conn, states: list[MessageState]) -> None:
-    if not states:
+async def _write_states(conn: Conn, loaded: list[tuple[MessageState, asyncpg.Record]]) -> None:
+    if not loaded:
         return
+    states = [s for s, _ in loaded]
     await conn.execute(
         SQL_UPDATE_MESSAGES,
         [s.message_id for s in states], [s.status.value for s in states], [s.status.rank for s in states],
         [s.description for s in states], [s.error_code for s in states], [s.error_message for s in states],
         [s.failed_after_delivery for s in states], [s.delivered_at for s in states],
-        [s.read_at for s in states], [s.failed_at for s in states],
+        [s.read_at for s in states], [s.failed_at for s in states], [info["submitted_at"] for _, info in loaded],
     )
     parts = [(s.message_id, p, st.value, st.rank) for s in states for p, st in sorted(s.part_status.items())]
     if parts:
