@@ -8,7 +8,8 @@ from typing import Any
 
 import orjson
 
-SCENARIOS = ("ingest_single", "ingest_batch", "ingest_provider", "projector_drain", "end_to_end", "fanout")
+SCENARIOS = ("ingest_single", "ingest_batch", "ingest_provider", "projector_drain", "end_to_end", "fanout",
+             "campaign_confirm")
 REQUIRED = ("value", "unit", "baseline", "ratio", "target", "met")
 
 

@@ -79,14 +79,24 @@ async def existing_lists(db: Db, account_id: str, list_ids: list[int]) -> set[in
 
 async def recipients_after(db: Db, account_id: str, list_ids: list[int], after: int,
                            limit: int) -> list[asyncpg.Record]:
-    """The next batch of list recipients after contact id ``after`` (keyset: memory stays flat)."""
+    """The next batch of list recipients after contact id ``after`` (keyset: memory stays flat).
+
+    Each batch costs about ``limit`` index entries per list, wherever the cursor is: every list contributes
+    its first ``limit`` members after the cursor (an index range from ``after``), and the batch is the first
+    ``limit`` distinct contacts among them. A plain join with ``distinct`` over all the lists read every
+    member after the cursor for every batch (quadratic: ~100 ms per batch deep into a 1,000,000-contact
+    list, against ~2 ms here). ``offset 0`` keeps the contact lookup a per-member index probe: flattened,
+    the planner merge-joins ``contacts`` from its start, a scan of the whole table for a small list.
+    """
     return list(await db.fetch(
-        "select distinct c.contact_id, c.phone_number, c.first_name, c.last_name, c.full_name, c.email,"
-        " c.custom_fields from contact_list_members m"
-        " join contact_lists l on l.list_id = m.list_id and l.account_id = $1"
-        " join contacts c on c.contact_id = m.contact_id"
-        " where m.list_id = any($2::bigint[]) and c.phone_number is not null and c.contact_id > $3"
-        " order by c.contact_id limit $4", account_id, list_ids, after, limit))
+        "select distinct on (m.contact_id) m.* from contact_lists l cross join lateral ("
+        "  select c.contact_id, c.phone_number, c.first_name, c.last_name, c.full_name, c.email, c.custom_fields"
+        "  from contact_list_members cm cross join lateral ("
+        "    select * from contacts c where c.contact_id = cm.contact_id and c.phone_number is not null offset 0) c"
+        "  where cm.list_id = l.list_id and cm.contact_id > $3"
+        "  order by cm.list_id, cm.contact_id limit $4) m"
+        " where l.account_id = $1 and l.list_id = any($2::bigint[])"
+        " order by m.contact_id limit $4", account_id, list_ids, after, limit))
 
 
 async def set_goal(db: Db, account_id: str, campaign_id: int, total: int, unit: Decimal, price: Decimal,
