@@ -20,9 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka.admin import AIOKafkaAdminClient
 
-from benchmarks import end_to_end, fanout, ingest_batch, ingest_provider, ingest_single, projector_drain, results
+from benchmarks import (
+    campaign_confirm,
+    end_to_end,
+    fanout,
+    ingest_batch,
+    ingest_provider,
+    ingest_single,
+    projector_drain,
+    results,
+)
 from benchmarks.common import (
     KAFKA,
     RESULTS_DIR,
@@ -36,6 +44,7 @@ from benchmarks.common import (
 )
 from benchmarks.loadgen import VEGETA
 from qlara_events import logs
+from qlara_events.kafka import delete_topics
 
 Scenario = Callable[[Context, dict[str, Any]], Awaitable[dict[str, Any]]]
 SCENARIOS: dict[str, Scenario] = {
@@ -45,19 +54,24 @@ SCENARIOS: dict[str, Scenario] = {
     "projector_drain": projector_drain.run,
     "end_to_end": end_to_end.run,
     "fanout": fanout.run,
+    "campaign_confirm": campaign_confirm.run,
 }
 
 
-async def delete_topics(prefix: str) -> None:
-    """Delete this run's topics (the drain alone fills hundreds of MB)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
-    await admin.start()
-    try:
-        mine = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if mine:
-            await admin.delete_topics(mine)
-    finally:
-        await admin.close()
+def merge_partial(day: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """The day's results with this ``--only`` run's scenarios replaced, each marked with the run that measured it
+    (a partial run must not wipe the figures of the scenarios it did not run)."""
+    merged = dict(day)
+    merged["scenarios"] = dict(day["scenarios"])
+    machine_ = dict(day["machine"])
+    machine_["what_else_ran"] = {**day["machine"].get("what_else_ran", {}), **run["machine"]["what_else_ran"]}
+    for name, row in run["scenarios"].items():
+        merged["scenarios"][name] = {**row, "measured_in_run": run["machine"]["run_id"]}
+    machine_["partial_runs"] = [*day["machine"].get("partial_runs", []),
+                                {"run_id": run["machine"]["run_id"], "started_at": run["machine"]["started_at"],
+                                 "scenarios": sorted(run["scenarios"])}]
+    merged["machine"] = machine_
+    return merged
 
 
 def generator_cpu() -> int | None:
@@ -119,11 +133,13 @@ async def main(argv: list[str]) -> int:
                 progress(f"[{i}/{len(wanted)}] {name}: {row['value']} {row['unit']} "
                          f"(baseline {row['baseline']}, ratio {row['ratio']}, met {row['met']}) in {row['seconds']}s")
         finally:
-            await delete_topics(f"bench.{run_id}.")
+            await delete_topics(KAFKA, f"bench.{run_id}.")
         out["machine"]["duration_s"] = round(time.monotonic() - t_run, 1)
     # A quick run gets its own file so it never overwrites the day's full results.
     suffix = "-quick" if args.quick else ""
     json_path = RESULTS_DIR / f"{started.strftime('%Y-%m-%d')}-{platform.node() or 'host'}{suffix}.json"
+    if args.only and json_path.exists():
+        out = merge_partial(orjson.loads(json_path.read_bytes()), out)
     results.write(out, json_path, ROOT / "benchmarks" / "RESULTS.md")
     progress(f"wrote {json_path.relative_to(ROOT)} and benchmarks/RESULTS.md in {out['machine']['duration_s']} s")
     sys.stdout.write(results.markdown(out, json_path.name))

@@ -88,6 +88,19 @@ async def ensure_topics(settings: Settings, topics: Sequence[str] | None = None,
             await admin.close()
 
 
+async def delete_topics(bootstrap: str, prefix: str) -> list[str]:
+    """Delete every topic whose name starts with ``prefix`` (benchmark and test runs clean up with it)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="qlara-admin")
+    await admin.start()
+    try:
+        mine = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if mine:
+            await admin.delete_topics(mine)
+        return mine
+    finally:
+        await admin.close()
+
+
 def received_at_header(now: dt.datetime) -> tuple[str, bytes]:
     """The ``qlara-received-at`` header for a record accepted at ``now``."""
     return HEADER_RECEIVED_AT, now.astimezone(dt.UTC).isoformat().encode()

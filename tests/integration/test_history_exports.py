@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import datetime as dt
 import io
-import os
-import subprocess
-import sys
-import tempfile
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
 
+from qlara_events.store import accounts
+
+from support.isolated import api_process, isolated_database, vmhwm_kib
 from support.live import Account, LiveServer, uid, wait_until
 
 P = "/partner-gateway/v1"
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 
 
-async def seed(db: asyncpg.Pool, account: Account, n: int, *, channel: str = "SMS", start: dt.datetime = T0,
-               campaign: str | None = None, status: str = "DELIVERED") -> list[str]:
+async def seed(db: asyncpg.Pool | asyncpg.Connection, account: Account, n: int, *, channel: str = "SMS",
+               start: dt.datetime = T0, campaign: str | None = None, status: str = "DELIVERED") -> list[str]:
     """n messages one minute apart (inserted directly: the projector is tested elsewhere)."""
     prefix = uid("h-")
     await db.execute(
@@ -190,47 +188,33 @@ class TestExports:
             assert r.status == 401
 
 
-def _vmhwm_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM")
-
-
 class TestLargeExport:
     """200,000 history rows export with flat memory (peak RSS of the api process doing it)."""
 
-    async def test_200k_rows_bounded_memory(self, http, db, account, infra) -> None:
-        """The export worker's peak RSS grows by far less than the file it writes."""
+    async def test_200k_rows_bounded_memory(self, http, infra) -> None:
+        """The export worker's peak RSS grows by far less than the file it writes.
+
+        Database and api process of the test's own: on the shared database the session server's exporter
+        could take the job, and the measured process would have done nothing.
+        """
         n = 200_000
         start = T0 + dt.timedelta(days=400)
-        await seed(db, account, n, start=start)
-        storage = tempfile.mkdtemp(prefix="qlara-export-test-")
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("QLARA_")},
-               "QLARA_DATABASE_URL": infra[1], "QLARA_KAFKA_BOOTSTRAP": infra[0], "QLARA_HTTP_PORT": "18231",
-               "QLARA_STORAGE_DIR": storage, "QLARA_URL_SIGNING_KEY": "k", "QLARA_LOG_LEVEL": "warning"}
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "qlara_events.cli", "serve", "--role", "api",
-                                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        base = "http://127.0.0.1:18231"
-        try:
-            async def up() -> bool:
-                try:
-                    async with http.get(f"{base}/healthz") as r:
-                        return r.status == 200
-                except aiohttp.ClientConnectionError:
-                    return False
-
-            await wait_until(up, timeout=60, what="api process")
-            before = _vmhwm_kb(proc.pid)
-            body = {"startDateTime": start.isoformat(), "endDateTime": (start + dt.timedelta(days=200)).isoformat()}
-            async with http.post(f"{base}{P}/messages/history/export", json=body, headers=account.headers) as r:
-                job = await r.json()
-            done = await finished(http, base, account, job["id"], timeout=240)
-            after = _vmhwm_kb(proc.pid)
-        finally:
-            proc.terminate()
-            await asyncio.wait_for(proc.wait(), 30)
+        async with isolated_database(infra[1], "large_export") as url:
+            conn = await asyncpg.connect(url)
+            try:
+                account = Account(*await accounts.create_account(conn, "large-export"))
+                await seed(conn, account, n, start=start)
+            finally:
+                await conn.close()
+            async with api_process(http, kafka=infra[0], database_url=url) as api:
+                before = vmhwm_kib(api.pid)
+                body = {"startDateTime": start.isoformat(),
+                        "endDateTime": (start + dt.timedelta(days=200)).isoformat()}
+                async with http.post(f"{api.base}{P}/messages/history/export", json=body,
+                                     headers=account.headers) as r:
+                    job = await r.json()
+                done = await finished(http, api.base, account, job["id"], timeout=240)
+                after = vmhwm_kib(api.pid)
         assert done["status"] == "COMPLETED" and done["rowCount"] == n
         growth_mb = (after - before) / 1024
         size_mb = done["size"] / 2**20

@@ -76,3 +76,25 @@ class TestResults:
         assert md.index("`ingest_single`") < md.index("`fanout`")
         assert "| `fanout` | 3,500 | events/s | 2.000 | 0.500 | >= 1 | yes |" in md
         assert "java 1.5s" in md
+
+
+class TestMergePartial:
+    """An ``--only`` run replaces its own scenarios in the day's file and keeps the others."""
+
+    def test_keeps_other_scenarios_and_marks_the_new_ones(self) -> None:
+        """Scenarios not re-run keep their figures; re-run ones are replaced and carry the run that measured them."""
+        from benchmarks.run import merge_partial
+
+        day = _results(ingest_single=_row(1.0), fanout=_row(2.0))
+        day["machine"]["run_id"] = "full-1"  # type: ignore[index]
+        run = _results(fanout=_row(3.0))
+        run["machine"].update(run_id="part-2", started_at="t2",  # type: ignore[attr-defined]
+                              what_else_ran={"fanout": {"others_cpu_s": {}}})
+        merged = merge_partial(day, run)  # type: ignore[arg-type]
+        assert merged["scenarios"]["ingest_single"] == _row(1.0)
+        assert merged["scenarios"]["fanout"] == {**_row(3.0), "measured_in_run": "part-2"}
+        assert merged["machine"]["run_id"] == "full-1"
+        assert merged["machine"]["partial_runs"] == [{"run_id": "part-2", "started_at": "t2", "scenarios": ["fanout"]}]
+        assert set(merged["machine"]["what_else_ran"]) == {"ingest_single", "fanout"}
+        check(merged)
+        assert day["scenarios"]["fanout"] == _row(2.0)  # type: ignore[index]
