@@ -7,6 +7,7 @@ import csv
 import datetime as dt
 import io
 from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -293,6 +294,81 @@ class TestCampaignRules:
             "destinations": ["+393331234567", "+393331234567", "+393337654321"]})
         _, goal = await call(http, server, "POST", f"{C}/{camp['id']}/calculateGoal", account)
         assert goal["totalDestinations"] == 2
+
+
+class TestCredit:
+    """What confirmation reserves is returned when the campaign does not go ahead and settled when it ends."""
+
+    @staticmethod
+    async def credit(db: asyncpg.Pool, account: Account) -> Decimal:
+        return Decimal(await db.fetchval("select credit from accounts where account_id = $1", account.id))
+
+    async def test_delete_and_repricing_edits_return_the_reservation(self, http: aiohttp.ClientSession,
+                                                                     server: LiveServer, db: asyncpg.Pool,
+                                                                     account: Account) -> None:
+        """A scheduled campaign: renaming keeps the confirmation, calculateGoal is refused, editing the body goes
+        back to draft with the credit returned, and deleting after a second confirmation returns it again."""
+        list_id = await contacts_list(db, account, 4)
+        await db.execute("update accounts set credit = 50 where account_id = $1", account.id)
+        _, camp = await call(http, server, "POST", C, account,
+                             draft(list_id, readyToSend=True, scheduledDate="2030-01-01 09:00:00.000+0000"))
+        cid = camp["id"]
+        _, goal = await call(http, server, "POST", f"{C}/{cid}/calculateGoal", account)
+        assert (await call(http, server, "PUT", f"{C}/{cid}/confirm", account))[0] == 202
+        assert await self.credit(db, account) == Decimal("50") - Decimal(str(goal["price"]))
+
+        status, renamed = await call(http, server, "PUT", f"{C}/{cid}", account, {"name": "Renamed"})
+        assert status == 200 and renamed["status"] == 1 and renamed["confirmedAt"] is not None
+        assert await self.credit(db, account) == Decimal("50") - Decimal(str(goal["price"]))
+        status, body = await call(http, server, "POST", f"{C}/{cid}/calculateGoal", account)
+        assert status == 400 and "confirmed" in body["message"]
+
+        status, edited = await call(http, server, "PUT", f"{C}/{cid}", account, {"smsBody": "New text " * 20})
+        assert status == 200 and edited["status"] == 0 and edited["confirmedAt"] is None
+        assert await self.credit(db, account) == Decimal("50")
+
+        _, goal2 = await call(http, server, "POST", f"{C}/{cid}/calculateGoal", account)
+        assert goal2["price"] > goal["price"]  # -- the longer body is more SMS parts
+        assert (await call(http, server, "PUT", f"{C}/{cid}/confirm", account))[0] == 202
+        assert await self.credit(db, account) == Decimal("50") - Decimal(str(goal2["price"]))
+        assert (await call(http, server, "DELETE", f"{C}/{cid}", account))[0] == 204
+        assert await self.credit(db, account) == Decimal("50")
+
+    async def test_refused_edit_changes_nothing(self, http: aiohttp.ClientSession, server: LiveServer,
+                                                db: asyncpg.Pool, account: Account) -> None:
+        """A PUT answered 400 (readyToSend with a channel field missing) leaves the campaign as it was."""
+        list_id = await contacts_list(db, account, 1)
+        _, camp = await call(http, server, "POST", C, account, draft(list_id))
+        status, _ = await call(http, server, "PUT", f"{C}/{camp['id']}", account,
+                               {"name": "Half-done", "smsSender": None, "readyToSend": True})
+        assert status == 400
+        _, now = await call(http, server, "GET", f"{C}/{camp['id']}", account)
+        assert now["name"] == camp["name"] and now["readyToSend"] is False
+
+    async def test_settled_for_what_was_sent(self, http: aiohttp.ClientSession, server: LiveServer,
+                                             db: asyncpg.Pool, account: Account, sandbox: Sandbox) -> None:
+        """Members added to the list after calculateGoal are sent too; at status 3 the account has paid exactly
+        messagesCreated x unitPrice (the reservation covered 3 of the 5)."""
+        list_id = await contacts_list(db, account, 3)
+        await db.execute("update accounts set credit = 50 where account_id = $1", account.id)
+        _, camp = await call(http, server, "POST", C, account, draft(list_id, readyToSend=True, smsBody="Hi"))
+        cid = camp["id"]
+        _, goal = await call(http, server, "POST", f"{C}/{cid}/calculateGoal", account)
+        assert goal["totalDestinations"] == 3
+        await db.execute(
+            "with c as (insert into contacts (account_id, phone_number, first_name, is_valid)"
+            " select $1, '+39334' || lpad(i::text, 7, '0'), 'Late' || i, true from generate_series(1, 2) as i"
+            " returning contact_id) insert into contact_list_members (list_id, contact_id)"
+            " select $2, contact_id from c", account.id, list_id)
+        assert (await call(http, server, "PUT", f"{C}/{cid}/confirm", account))[0] == 202
+
+        async def ended() -> dict[str, Any] | None:
+            body = (await call(http, server, "GET", f"{C}/{cid}", account))[1]
+            return body if body["status"] in (3, 4) else None
+
+        done = await wait_until(ended, timeout=60, what="campaign status 3")
+        assert done["status"] == 3 and done["messagesCreated"] == 5
+        assert await self.credit(db, account) == Decimal("50") - 5 * Decimal(str(goal["unitPrice"]))
 
 
 class TestScheduledCampaign:

@@ -213,11 +213,18 @@ async def update(request: web.Request) -> web.Response:
     values = _columns(await _body(request), creating=False)
     if current["status"] not in (0, 1):
         raise BadRequest(f"a campaign in status {current['status']} can no longer be edited")
-    row = await store.update(get_pool(request.app), principal(request).account_id, _campaign_id(request), values)
-    if row is None:
-        raise BadRequest("the campaign started meanwhile and can no longer be edited")
-    if row["ready_to_send"]:
-        _complete(row)
+    account = principal(request).account_id
+    async with get_pool(request.app).acquire() as conn, conn.transaction():
+        row = await store.update(conn, account, _campaign_id(request), values)
+        if row is None:
+            raise BadRequest("the campaign started meanwhile and can no longer be edited")
+        if row["ready_to_send"]:
+            _complete(row)
+        if row["confirmed_at"] is not None and row["goal_fingerprint"] != _fingerprint(row):
+            # What was priced and reserved is not what would be sent any more: back to draft, credit
+            # returned, calculateGoal and confirm again. (Name or schedule edits keep the confirmation.)
+            row = await store.unconfirm(conn, account, row["campaign_id"])
+            assert row is not None  # -- locked by the update above, in this transaction
     return json_response(campaign_json(row))
 
 
@@ -241,6 +248,9 @@ async def calculate_goal(request: web.Request) -> web.Response:
     row = await _campaign(request)
     if row["status"] not in (0, 1):
         raise BadRequest("the campaign has started; its goal is fixed")
+    if row["confirmed_at"] is not None:
+        raise BadRequest("the campaign is confirmed: its goal and price are fixed (editing its recipients or"
+                         " content returns it to draft)")
     _complete(row)
     pool = get_pool(request.app)
     account = principal(request).account_id

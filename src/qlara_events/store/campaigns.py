@@ -55,10 +55,43 @@ async def update(db: Db, account_id: str, campaign_id: int, values: dict[str, An
         account_id, campaign_id, *values.values())
 
 
+#: Deleting a campaign that has not started gives its reservation back, in the same statement.
+SQL_DELETE: Final = """
+with gone as (
+    delete from campaigns where account_id = $1 and campaign_id = $2 and status in (0, 1)
+    returning account_id, coalesce(reserved_credit, 0) as amount
+), refund as (
+    update accounts a set credit = a.credit + g.amount from gone g
+    where a.account_id = g.account_id and g.amount <> 0
+)
+select count(*) from gone
+"""
+
+
 async def delete(db: Db, account_id: str, campaign_id: int) -> bool:
-    """Delete a campaign that has not started (status 0 or 1)."""
-    return await db.fetchval("delete from campaigns where account_id = $1 and campaign_id = $2"
-                             " and status in (0, 1) returning true", account_id, campaign_id) is True
+    """Delete a campaign that has not started (status 0 or 1), returning any credit its confirmation reserved."""
+    return bool(await db.fetchval(SQL_DELETE, account_id, campaign_id))
+
+
+#: A confirmed campaign that has not started goes back to draft and its reservation back to the account.
+SQL_UNCONFIRM: Final = """
+with old as (
+    select campaign_id, coalesce(reserved_credit, 0) as amount from campaigns
+    where account_id = $1 and campaign_id = $2 and status = 1 and confirmed_at is not null for update
+), back as (
+    update campaigns c set status = 0, confirmed_at = null, reserved_credit = null, updated_at = now()
+    from old where c.campaign_id = old.campaign_id
+    returning c.*
+), refund as (
+    update accounts a set credit = a.credit + old.amount from old where a.account_id = $1 and old.amount <> 0
+)
+select * from back
+"""
+
+
+async def unconfirm(db: Db, account_id: str, campaign_id: int) -> asyncpg.Record | None:
+    """Back to draft with the reserved credit returned; None when it was not confirmed-and-waiting."""
+    return await db.fetchrow(SQL_UNCONFIRM, account_id, campaign_id)
 
 
 async def count_recipients(db: Db, account_id: str, list_ids: list[int]) -> int:
@@ -116,9 +149,9 @@ async def confirm(conn: Conn, account_id: str, campaign_id: int, price: Decimal)
         if credit is None:
             return "insufficient credit"
         done = await conn.fetchval(
-            "update campaigns set status = 1, confirmed_at = now(), updated_at = now()"
+            "update campaigns set status = 1, confirmed_at = now(), reserved_credit = $3, updated_at = now()"
             " where account_id = $1 and campaign_id = $2 and status in (0, 1) and confirmed_at is null"
-            " returning true", account_id, campaign_id)
+            " returning true", account_id, campaign_id, price)
         if not done:
             raise _NotConfirmable
     return None
@@ -167,21 +200,40 @@ async def progress(db: Db, campaign_id: int, expanded: int, cursor: str, done: b
         " where campaign_id = $1", campaign_id, expanded, cursor, done, lease_s)
 
 
-async def fail(db: Db, campaign_id: int, reason: str) -> None:
-    """Status 4 with the reason."""
-    await db.execute("update campaigns set status = 4, failed_reason = $2, lease_until = null,"
-                     " completed_at = now(), updated_at = now() where campaign_id = $1", campaign_id, reason[:1000])
-
-
-SQL_COMPLETE: Final = f"""
-update campaigns c set status = 3, completed_at = now(), updated_at = now()
-where c.status = 2 and c.expansion_done and (
-    c.deadline_at < now()
-    or c.expanded <= (select coalesce(sum(k.count), 0) from campaign_counters k
-                      where k.campaign_id = c.campaign_id::text
-                        and k.status in ({", ".join(f"'{s}'" for s in FINAL)})))
-returning campaign_id
+#: Settling a campaign that ended: it is charged for the messages handed to the senders (expanded x
+#: unit price) and the account gets the rest of the reservation back (or pays the difference, when its
+#: lists grew between calculateGoal and the expansion). ``{ended}`` is the update that ends campaigns.
+_SETTLE: Final = """
+with ended as ({ended}
+    returning c.campaign_id, c.account_id, c.reserved_credit, c.charged_credit
+), settle as (
+    update accounts a set credit = a.credit + s.amount
+    from (select account_id, sum(reserved_credit - charged_credit) as amount from ended
+          where reserved_credit is not null group by account_id) s
+    where a.account_id = s.account_id and s.amount <> 0
+)
+select campaign_id from ended
 """
+_CHARGE: Final = "charged_credit = case when c.reserved_credit is null then null else c.expanded * c.unit_price end"
+
+SQL_FAIL: Final = _SETTLE.format(ended=f"""
+    update campaigns c set status = 4, failed_reason = $2, lease_until = null, completed_at = now(),
+           updated_at = now(), {_CHARGE}
+    where c.campaign_id = $1 and c.status in (1, 2)""")
+
+
+async def fail(db: Db, campaign_id: int, reason: str) -> None:
+    """Status 4 with the reason; the campaign is settled (charged for what was sent)."""
+    await db.execute(SQL_FAIL, campaign_id, reason[:1000])
+
+
+SQL_COMPLETE: Final = _SETTLE.format(ended=f"""
+    update campaigns c set status = 3, completed_at = now(), updated_at = now(), {_CHARGE}
+    where c.status = 2 and c.expansion_done and (
+        c.deadline_at < now()
+        or c.expanded <= (select coalesce(sum(k.count), 0) from campaign_counters k
+                          where k.campaign_id = c.campaign_id::text
+                            and k.status in ({", ".join(f"'{s}'" for s in FINAL)})))""")
 
 
 async def complete_finished(db: Db) -> list[int]:
