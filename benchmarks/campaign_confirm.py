@@ -22,7 +22,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from benchmarks import baselines, profiling
-from benchmarks.common import BIN, KAFKA, Context, Service, progress, reset_database, service
+from benchmarks.common import BIN, KAFKA, PORTS, Context, Service, progress, reset_database, service
 from qlara_events.campaign_runner import BATCH, send_request
 from qlara_events.config import Settings, Topics
 from qlara_events.kafka import ensure_topics
@@ -30,8 +30,8 @@ from qlara_events.store import accounts
 
 SCENARIO: Final = "campaign_confirm"
 TARGET: Final = "1,000,000 recipients confirm with flat memory (RSS growth <= 1.5 x growth at 10,000 + 16 MiB)"
-#: The api process of this scenario (the other roles use 18080-18083).
-PORT: Final = 18084
+#: The api process of this scenario.
+PORT: Final = PORTS["api"]
 API: Final = f"http://127.0.0.1:{PORT}/partner-gateway/v1"
 SMALL: Final = 10_000
 BODY: Final = "Hello {{firstName}}, your order ships today. Reply STOP to opt out."

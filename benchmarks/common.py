@@ -30,7 +30,7 @@ DATABASE = "qlara_bench"
 KAFKA = "127.0.0.1:9092"
 #: Ports of servers the bench starts (loopback only), one per purpose so nothing collides within a run.
 PORTS = {
-    "ingress": 18080, "baseline_http": 18081, "projector": 18082, "dispatcher": 18083,
+    "ingress": 18080, "baseline_http": 18081, "projector": 18082, "dispatcher": 18083, "api": 18084,
     "receiver": 18090,
 }
 INGEST_SECRET = "whsec_YmVuY2gtaW5nZXN0LXNlY3JldC1xbGFyYS1ldmVudHMtMDE="

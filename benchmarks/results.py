@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 SCENARIOS = ("ingest_single", "ingest_batch", "ingest_provider", "projector_drain", "end_to_end", "fanout",
-             "campaign_confirm")
+             "campaign_confirm", "history_scale")
 REQUIRED = ("value", "unit", "baseline", "ratio", "target", "met")
 
 

@@ -25,6 +25,7 @@ from benchmarks import (
     campaign_confirm,
     end_to_end,
     fanout,
+    history_scale,
     ingest_batch,
     ingest_provider,
     ingest_single,
@@ -55,6 +56,7 @@ SCENARIOS: dict[str, Scenario] = {
     "end_to_end": end_to_end.run,
     "fanout": fanout.run,
     "campaign_confirm": campaign_confirm.run,
+    "history_scale": history_scale.run,
 }
 
 
