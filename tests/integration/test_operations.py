@@ -18,12 +18,13 @@ class TestOperationalEndpoints:
     """/metrics, /healthz and /readyz on the all-roles server."""
 
     async def test_health_and_readiness(self, http, server) -> None:
-        """Liveness is ok and readiness reports Kafka, Postgres, the projector and the dispatcher."""
+        """Liveness is ok and readiness reports Kafka, Postgres and every background loop."""
         async with http.get(f"{server.url}/healthz") as r:
             assert r.status == 200
         async with http.get(f"{server.url}/readyz") as r:
             body = await r.json()
-            assert r.status == 200 and set(body["checks"]) == {"kafka", "kafka_api", "postgres", "projector", "dispatcher"}
+            assert r.status == 200 and set(body["checks"]) == {
+                "kafka", "kafka_api", "postgres", "projector", "partitions", "dispatcher"}
 
     async def test_metrics_count_ingest_and_projection(self, http, server, account) -> None:
         """Accepted events, forged requests and projector batches show up in /metrics."""
