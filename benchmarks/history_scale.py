@@ -6,7 +6,7 @@ built as plain tables, indexed, then attached, and their ``message_keys``. Then 
 through vegeta at a fixed rate, each kind of read a partner makes:
 
 * ``history_day``: ``GET /messages/history`` of one account, one channel, one random day, first page;
-* ``history_deep``: the same over a whole month, page 50 of 20 (offset 1,000);
+* ``history_deep``: the twelve months, page 50 of 20 (offset 1,000: there at both sizes);
 * ``history_year``: twelve months, first page of 1,000 (at a fifth of the others' rate: 1,000 rows each);
 * ``status_by_customer_id``: ``GET /messages/status/{customerMessageId}`` of a random message;
 * ``whatsapp_by_message_id``: ``GET /whatsapp/messages/{messageId}/status`` of a random message.
@@ -103,7 +103,7 @@ def _targets(base: str, keys: dict[str, str], kind: str, per_month: int, count: 
             q = {"channel": "SMS", "from": day.isoformat(), "to": (day + dt.timedelta(days=1)).isoformat()}
             path = f"/messages/history?{urlencode(q)}"
         elif kind == "history_deep":
-            q = {"channel": "SMS", "from": start.isoformat(), "to": (start + dt.timedelta(days=28)).isoformat(),
+            q = {"channel": "SMS", "from": months[0].isoformat(), "to": dt.datetime.now(dt.UTC).isoformat(),
                  "page": "50", "limit": "20"}
             path = f"/messages/history?{urlencode(q)}"
         elif kind == "history_year":

@@ -130,9 +130,11 @@ class TestPruning:
                 "insert into messages (message_id, account_id, channel, customer_message_id, provider,"
                 " provider_message_id, destination, status, status_rank, submitted_at)"
                 " values ($1, $2, 'SMS', 'c', 'twilio', $1, '+393330000000', 'SENT', 1, $3)", uid("p-"), account.id, t)
-        tables = await plan_tables(db, queries.SQL_HISTORY, account.id, "SMS", this_month - dt.timedelta(days=1),
-                                   this_month + dt.timedelta(days=1), None, 20, 0)
-        assert tables == {month_name(this_month)}
+        window = (this_month - dt.timedelta(days=1), this_month + dt.timedelta(days=1))
+        assert await plan_tables(db, queries.SQL_HISTORY_ANY_STATUS, account.id, "SMS", *window, 20, 0) == {
+            month_name(this_month)}
+        assert await plan_tables(db, queries.SQL_HISTORY, account.id, "SMS", *window, "SENT", 20, 0) == {
+            month_name(this_month)}
 
     async def test_lookup_by_id_reads_one_partition(self, db, account) -> None:
         """GET /messages/{id} reads the message's month only, through message_keys."""

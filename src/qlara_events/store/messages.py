@@ -37,9 +37,23 @@ where m.message_id = $2 and m.submitted_at = (select k.submitted_at from message
 SQL_HISTORY: Final = f"""
 select {_COLUMNS} from messages m
 where m.account_id = $1 and m.channel = $2 and m.submitted_at >= $3 and m.submitted_at <= $4
-  and ($5::text is null or m.status = $5)
+  and m.status = $5
 order by m.submitted_at, m.message_id
 limit $6 offset $7
+"""
+
+#: Without a status filter the page is found in the index alone (it holds every column the order and the
+#: window need), so an offset skips index entries rather than fetching and discarding whole rows; only the
+#: page's rows are then read, each from its month.
+SQL_HISTORY_ANY_STATUS: Final = f"""
+with page as (
+    select m.message_id, m.submitted_at from messages m
+    where m.account_id = $1 and m.channel = $2 and m.submitted_at >= $3 and m.submitted_at <= $4
+    order by m.submitted_at, m.message_id
+    limit $5 offset $6
+)
+select {_COLUMNS} from page p join messages m on m.message_id = p.message_id and m.submitted_at = p.submitted_at
+order by m.submitted_at, m.message_id
 """
 
 SQL_TIMELINE: Final = """
@@ -102,7 +116,10 @@ async def by_message_id(db: asyncpg.Pool, account_id: str, message_id: str,
 async def history(db: asyncpg.Pool, account_id: str, channel: str, start: Any, end: Any, status: str | None,
                   limit: int, offset: int) -> list[dict[str, Any]]:
     """A page of one channel's messages submitted in [start, end], oldest first (served by an index)."""
-    rows = await db.fetch(SQL_HISTORY, account_id, channel, start, end, status, limit, offset)
+    if status is None:
+        rows = await db.fetch(SQL_HISTORY_ANY_STATUS, account_id, channel, start, end, limit, offset)
+    else:
+        rows = await db.fetch(SQL_HISTORY, account_id, channel, start, end, status, limit, offset)
     return [status_json(r) for r in rows]
 
 
