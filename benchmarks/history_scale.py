@@ -17,7 +17,9 @@ small size: ~1 means the reads are served by indexes and partitions, whatever th
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import os
 import random
 import time
 from typing import Any
@@ -81,6 +83,9 @@ async def _load(conn: asyncpg.Connection, account_ids: list[str], total: int) ->
     await conn.execute("vacuum (analyze) messages")
     await conn.execute("vacuum (analyze) message_keys")
     await conn.execute("checkpoint")
+    # ...and is on disk: the gigabytes just written would otherwise still be flushed by the kernel during the
+    # first measured reads (seen: 47 ms stalls of the load generator itself, on its own CPU).
+    await asyncio.to_thread(os.sync)
     size = await conn.fetchval("select sum(pg_total_relation_size(c.oid)) from pg_inherits i"
                                " join pg_class c on c.oid = i.inhrelid where i.inhparent = 'messages'::regclass")
     return {"rows": per_month * MONTHS, "load_s": round(time.monotonic() - t0, 1),
@@ -137,7 +142,7 @@ async def _measure(ctx: Context, total: int, rate: int, seconds: float) -> dict[
     out: dict[str, Any] = {**built}
     async with role(ctx, "history", "api", QLARA_RATE_LIMIT_PLANS="production:100000000/1000000") as api:
         base = f"http://127.0.0.1:{api.port}"
-        await loadgen.run_step(ctx, f"history-{total}-warmup", 50, 2.0,
+        await loadgen.run_step(ctx, f"history-{total}-warmup", 50, 5.0,
                                lambda c: _targets(base, keys, "history_day", built["per_month"], c, rng))
         for kind in KINDS:
             # A page of 1,000 is ~50x the rows of the others (JSON built in Python): at the others' rate one
