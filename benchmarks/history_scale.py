@@ -35,6 +35,8 @@ TARGET = "p99 at 20,000,000 rows <= 2x p99 at 200,000 rows, for every read"
 ACCOUNTS = 100
 MONTHS = 12
 P = "/partner-gateway/v1"
+#: A step whose requests the generator sent this late (ms) measured a machine stall, not the service.
+STALL_MS = 10.0
 KINDS = ("history_day", "history_deep", "history_year", "status_by_customer_id", "whatsapp_by_message_id")
 
 
@@ -148,10 +150,20 @@ async def _measure(ctx: Context, total: int, rate: int, seconds: float) -> dict[
             # A page of 1,000 is ~50x the rows of the others (JSON built in Python): at the others' rate one
             # api process would be measuring its queue, at both sizes alike, not the read.
             kind_rate = max(rate // 5, 5) if kind == "history_year" else rate
-            step = await loadgen.run_step(
-                ctx, f"history-{total}-{kind}", kind_rate, seconds,
-                lambda c, k=kind: _targets(base, keys, k, built["per_month"], c, rng))  # type: ignore[misc]
-            out[kind] = step.brief()
+            def make(c: int, k: str = kind) -> list[loadgen.Target]:
+                return _targets(base, keys, k, built["per_month"], c, rng)
+
+            step = await loadgen.run_step(ctx, f"history-{total}-{kind}", kind_rate, seconds, make)
+            row = step.brief()
+            if step.max_send_lag_ms > STALL_MS:
+                # The generator, alone on its CPU, could not send on time: the machine stalled (it is shared),
+                # and the step's tail measures that. Run it once more and keep the run with less lag; both
+                # are recorded.
+                again = await loadgen.run_step(ctx, f"history-{total}-{kind}-again", kind_rate, seconds, make)
+                first = row
+                row = again.brief() if again.max_send_lag_ms < step.max_send_lag_ms else first
+                row = {**row, "stalled_attempt": first if row is not first else again.brief()}
+            out[kind] = row
     return out
 
 
