@@ -35,14 +35,14 @@ run: venv infra
 # compose-spec schema), dockerfile (Docker's own Dockerfile parser), setuptools to build the image's wheel
 # offline, and promtool, extracted from Debian's `prometheus` package (no daemon installed or started).
 TOOLS := .local/tools
-TOOLS_STAMP := $(TOOLS)/.installed-1
+TOOLS_STAMP := $(TOOLS)/.installed-2
 
 $(TOOLS_STAMP):
 	rm -rf $(TOOLS)/venv
 	$(PYTHON) -m venv $(TOOLS)/venv
 	$(TOOLS)/venv/bin/pip install -q --upgrade pip
 	$(TOOLS)/venv/bin/pip install -q kubernetes-validate==1.37.0 check-jsonschema==0.39.0 dockerfile==3.4.0 \
-	  'setuptools>=69' wheel
+	  'setuptools>=77' wheel
 	@touch $@
 
 $(TOOLS)/bin/promtool:
