@@ -22,7 +22,17 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from benchmarks import baselines, profiling
-from benchmarks.common import BIN, KAFKA, PORTS, Context, Service, progress, reset_database, service
+from benchmarks.common import (
+    BIN,
+    KAFKA,
+    PORTS,
+    Context,
+    Service,
+    progress,
+    reset_database,
+    service,
+    vmhwm_kib,
+)
 from qlara_events.campaign_runner import BATCH, send_request
 from qlara_events.config import Settings, Topics
 from qlara_events.kafka import ensure_topics
@@ -44,15 +54,6 @@ SLACK_MIB: Final = 16.0
 def sizes(quick: bool) -> tuple[int, float]:
     """Recipients of the large campaign and the longest its expansion may take."""
     return (100_000, 120.0) if quick else (1_000_000, 600.0)
-
-
-def vmhwm_kib(pid: int) -> int:
-    """Peak resident set size (VmHWM) of a process, in KiB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmHWM for process {pid}")
 
 
 async def load_list(conn: asyncpg.Connection, account_id: str, n: int, prefix: str) -> int:

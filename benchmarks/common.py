@@ -122,6 +122,20 @@ class Service:
         """Process id (for py-spy)."""
         return self.proc.pid
 
+    @property
+    def base(self) -> str:
+        """Its base URL (loopback)."""
+        return f"http://127.0.0.1:{self.port}"
+
+
+def vmhwm_kib(pid: int) -> int:
+    """Peak resident set size (VmHWM) of a process, in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
 
 async def wait_ready(port: int, proc: asyncio.subprocess.Process, path: str, within_s: float = 90.0) -> None:
     """Poll ``path`` until it answers 200; fail early if the process died."""

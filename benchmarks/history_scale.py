@@ -168,9 +168,11 @@ async def _measure(ctx: Context, total: int, rate: int, seconds: float) -> dict[
 
 
 async def run(ctx: Context, shared: dict[str, Any]) -> dict[str, Any]:
-    """The reads at 1 % of the size (baseline), then at full size; the worst p99 ratio is the figure."""
+    """The reads on 200,000 rows (baseline), then on 20,000,000 (quick: 2,000,000); the worst p99 ratio."""
     large = 2_000_000 if ctx.quick else 20_000_000
-    small = large // 100
+    # The small history must still fill every page asked for (history_year's 1,000 rows per account need
+    # ~150,000 rows in all), or its baseline would do less work: 200,000 at both sizes of run.
+    small = 200_000
     rate, seconds = (50, 5.0) if ctx.quick else (100, 20.0)
     base = await _measure(ctx, small, rate, seconds)
     big = await _measure(ctx, large, rate, seconds)
@@ -184,7 +186,7 @@ async def run(ctx: Context, shared: dict[str, Any]) -> dict[str, Any]:
     return {
         "value": big[worst_kind]["p99_ms"], "unit": f"ms p99 of the slowest-growing read ({worst_kind}) at "
         f"{big['rows']:,} rows, {rate} req/s", "baseline": base[worst_kind]["p99_ms"], "ratio": worst,
-        "target": TARGET if not ctx.quick else TARGET.replace("20,000,000", "2,000,000").replace("200,000", "20,000"),
+        "target": TARGET if not ctx.quick else TARGET.replace("20,000,000", "2,000,000"),
         "met": all_ok and worst is not None and worst <= 2.0, "ratios": ratios, "large": big, "small": base,
         "method": "same reads (random account/day/message per request) at a fixed rate through vegeta against one "
                   "api process; the small history is the baseline, loaded and measured first in the same run",

@@ -90,7 +90,7 @@ def generator_cpu() -> int | None:
 async def main(argv: list[str]) -> int:
     """Run the selected scenarios and write the results."""
     ap = argparse.ArgumentParser(prog="benchmarks.run", description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="each scenario briefly (<= 3 min in all)")
+    ap.add_argument("--quick", action="store_true", help="each scenario briefly (about 5 min in all)")
     ap.add_argument("--profile", action="store_true", help="py-spy the system under test during key steps")
     ap.add_argument("--only", nargs="*", choices=list(SCENARIOS), help="run only these scenarios")
     ap.add_argument("--render", type=Path, metavar="JSON", help="only regenerate RESULTS.md from a results file")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import socket
 import sys
@@ -21,18 +20,12 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import asyncpg
 
+from benchmarks.common import Service, vmhwm_kib
 from qlara_events.store.migrate import migrate
 
 from support.live import wait_until
 
-
-def vmhwm_kib(pid: int) -> int:
-    """Peak resident set size (VmHWM) of a process, in KiB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmHWM for process {pid}")
+__all__ = ["api_process", "free_port", "isolated_database", "vmhwm_kib"]
 
 
 def free_port() -> int:
@@ -65,23 +58,9 @@ async def isolated_database(test_url: str, suffix: str) -> AsyncIterator[str]:
         await admin.close()
 
 
-@dataclasses.dataclass(frozen=True)
-class ApiProcess:
-    """A running ``qlara-events serve --role api``."""
-
-    proc: asyncio.subprocess.Process
-    base: str
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        """Its process id (for VmHWM)."""
-        return self.proc.pid
-
-
 @contextlib.asynccontextmanager
 async def api_process(http: aiohttp.ClientSession, *, kafka: str, database_url: str,
-                      extra_env: Mapping[str, str] | None = None) -> AsyncIterator[ApiProcess]:
+                      extra_env: Mapping[str, str] | None = None) -> AsyncIterator[Service]:
     """Start an api process on a free port with its own storage directory; stop it on exit."""
     port = free_port()
     storage = tempfile.mkdtemp(prefix="qlara-api-test-")
@@ -104,7 +83,7 @@ async def api_process(http: aiohttp.ClientSession, *, kafka: str, database_url: 
                 return False
 
         await wait_until(ready, timeout=60, what="api process ready")
-        yield ApiProcess(proc, base, log)
+        yield Service("api", proc, port, log)
     finally:
         if proc.returncode is None:
             proc.terminate()
