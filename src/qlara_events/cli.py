@@ -27,7 +27,7 @@ from qlara_events.sandbox import Behaviour, Sandbox
 from qlara_events.secrets_box import parse_key
 from qlara_events.server import ROLES, build_app
 from qlara_events.standard_webhooks import secret_key, signature_header
-from qlara_events.store import accounts, campaigns, inbox, socials
+from qlara_events.store import accounts, campaigns, inbox, partitions, socials
 from qlara_events.store.db import create_pool
 from qlara_events.store.migrate import migrate
 
@@ -111,6 +111,25 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     if args.topics:
         asyncio.run(ensure_topics(settings))
         print(f"topics ready: {', '.join(settings.topics.all())}")
+
+
+def cmd_history_drop_month(args: argparse.Namespace) -> None:
+    """Delete one month of message history (its partition, identities, refs, parts and timeline)."""
+    settings = _settings(args)
+
+    async def run() -> dict[str, int]:
+        pool = await create_pool(settings, max_size=1)
+        try:
+            async with pool.acquire() as conn:
+                return await partitions.drop_month(conn, args.month)
+        finally:
+            await pool.close()
+
+    try:
+        gone = asyncio.run(run())
+    except partitions.CannotDrop as exc:
+        sys.exit(f"qlara-events history drop-month: {exc}")
+    sys.stdout.write(orjson.dumps({"month": args.month, **gone}).decode() + "\n")
 
 
 def cmd_accounts_create(args: argparse.Namespace) -> None:
@@ -280,6 +299,12 @@ def parser() -> argparse.ArgumentParser:
     mig = sub.add_parser("migrate", help="apply database migrations")
     mig.add_argument("--topics", action="store_true", help="also create the Kafka topics")
     mig.set_defaults(func=cmd_migrate)
+
+    hist = sub.add_parser("history", help="message history retention").add_subparsers(dest="action",
+                                                                                      required=True)
+    drop = hist.add_parser("drop-month", help="delete one month of history at once (months before last month)")
+    drop.add_argument("month", help="YYYY-MM, by submission time (UTC)")
+    drop.set_defaults(func=cmd_history_drop_month)
 
     acc = sub.add_parser("accounts", help="manage accounts").add_subparsers(dest="action", required=True)
     create = acc.add_parser("create", help="create an account and its first API key")

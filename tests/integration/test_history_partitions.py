@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import os
+import sys
 from typing import Any
 
 import aiohttp
 import asyncpg
 import orjson
+import pytest
 
 from qlara_events.store import messages as queries
 from qlara_events.store import partitions
@@ -190,3 +194,54 @@ class TestUpgrade:
             finally:
                 await conn.execute("reset search_path")
                 await conn.execute(f"drop schema {schema} cascade")
+
+
+class TestRetention:
+    """`qlara-events history drop-month`: a whole month goes at once, with everything hanging off it."""
+
+    @staticmethod
+    async def old_messages(db: asyncpg.Pool, account: Account, when: dt.datetime, n: int) -> list[str]:
+        ids = [uid("ret-") for _ in range(n)]
+        for mid in ids:
+            await db.execute(
+                "insert into messages (message_id, account_id, channel, customer_message_id, provider,"
+                " provider_message_id, destination, status, status_rank, parts, submitted_at)"
+                " values ($1, $2, 'SMS', $1, 'twilio', $1, '+393330000000', 'SENT', 1, 2, $3)", mid, account.id, when)
+            await db.execute("insert into message_refs values ('twilio', $1, $1, 1)", mid)
+            await db.execute("insert into message_parts (message_id, part, status, status_rank)"
+                             " values ($1, 1, 'SENT', 1)", mid)
+            await db.execute(
+                "insert into message_events (event_id, type, message_id, effect, via, occurred_at, received_at,"
+                " payload) values ($1, 'message.submitted', $2, 'submitted', 'test', $3, $3, '{}')",
+                uid("ev-"), mid, when)
+        await partitions.ensure(db)
+        return ids
+
+    async def test_drop_month_takes_its_rows_and_leaves_the_others(self, db, account) -> None:
+        """Dropping a month deletes its partition, keys, refs, parts and events; the next month is untouched."""
+        dropped, kept = months_ago(20), months_ago(19)
+        gone = await self.old_messages(db, account, dropped, 3)
+        stays = await self.old_messages(db, account, kept, 2)
+        async with db.acquire() as conn:
+            counts = await partitions.drop_month(conn, f"{dropped:%Y-%m}")
+        assert counts == {"messages": 3, "keys": 3, "events": 3}
+        assert month_name(dropped) not in await partitions.months(db)
+        assert month_name(kept) in await partitions.months(db)
+        for table in ("messages", "message_keys", "message_refs", "message_parts", "message_events"):
+            assert await db.fetchval(f"select count(*) from {table} where message_id = any($1)", gone) == 0, table
+            assert await db.fetchval(f"select count(*) from {table} where message_id = any($1)", stays) == 2, table
+
+    async def test_refusals(self, db, settings) -> None:
+        """Last month, this month, a malformed month and a month without partition are refused, by the CLI too."""
+        async with db.acquire() as conn:
+            for month, reason in ((f"{months_ago(1):%Y-%m}", "too recent"), (f"{months_ago(0):%Y-%m}", "too recent"),
+                                  ("2025-13", "must look like"), ("last year", "must look like"),
+                                  ("1999-01", "no partition")):
+                with pytest.raises(partitions.CannotDrop, match=reason):
+                    await partitions.drop_month(conn, month)
+        env = {**os.environ, "QLARA_DATABASE_URL": settings.database_url}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "qlara_events.cli", "history", "drop-month", "1999-01", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 1 and b"no partition messages_1999_01" in err and out == b""
