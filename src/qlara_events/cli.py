@@ -13,9 +13,10 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
+from typing import TypeVar
 
 import orjson
 from aiohttp import web
@@ -28,7 +29,7 @@ from qlara_events.secrets_box import parse_key
 from qlara_events.server import ROLES, build_app
 from qlara_events.standard_webhooks import secret_key, signature_header
 from qlara_events.store import accounts, campaigns, inbox, partitions, socials
-from qlara_events.store.db import create_pool
+from qlara_events.store.db import Conn, create_pool
 from qlara_events.store.migrate import migrate
 
 
@@ -37,6 +38,23 @@ def _settings(args: argparse.Namespace) -> Settings:
         return Settings.from_env(os.environ, dev_secrets=getattr(args, "dev", False))
     except ConfigError as exc:
         sys.exit(f"configuration error: {exc.message}")
+
+
+T = TypeVar("T")
+
+
+def _on_db(settings: Settings, work: Callable[[Conn], Awaitable[T]]) -> T:
+    """Run an operator command's ``work`` on one connection, then close it."""
+
+    async def run() -> T:
+        pool = await create_pool(settings, max_size=1)
+        try:
+            async with pool.acquire() as conn:
+                return await work(conn)
+        finally:
+            await pool.close()
+
+    return asyncio.run(run())
 
 
 async def _migrate(settings: Settings) -> list[str]:
@@ -117,16 +135,8 @@ def cmd_history_drop_month(args: argparse.Namespace) -> None:
     """Delete one month of message history (its partition, identities, refs, parts and timeline)."""
     settings = _settings(args)
 
-    async def run() -> dict[str, int]:
-        pool = await create_pool(settings, max_size=1)
-        try:
-            async with pool.acquire() as conn:
-                return await partitions.drop_month(conn, args.month)
-        finally:
-            await pool.close()
-
     try:
-        gone = asyncio.run(run())
+        gone = _on_db(settings, lambda conn: partitions.drop_month(conn, args.month))
     except partitions.CannotDrop as exc:
         sys.exit(f"qlara-events history drop-month: {exc}")
     sys.stdout.write(orjson.dumps({"month": args.month, **gone}).decode() + "\n")
@@ -136,15 +146,7 @@ def cmd_accounts_create(args: argparse.Namespace) -> None:
     """Create an account and print its id and first API key (shown only here)."""
     settings = _settings(args)
 
-    async def run() -> tuple[str, str]:
-        pool = await create_pool(settings, max_size=2)
-        try:
-            async with pool.acquire() as conn:
-                return await accounts.create_account(conn, args.name)
-        finally:
-            await pool.close()
-
-    account_id, raw = asyncio.run(run())
+    account_id, raw = _on_db(settings, lambda conn: accounts.create_account(conn, args.name))
     sys.stdout.write(orjson.dumps({"accountId": account_id, "apiKey": raw}).decode() + "\n")
 
 
@@ -152,28 +154,15 @@ def cmd_accounts_credit(args: argparse.Namespace) -> None:
     """Add credit to an account (campaign confirmation reserves from it)."""
     settings = _settings(args)
 
-    async def run() -> Decimal:
-        pool = await create_pool(settings, max_size=2)
-        try:
-            return await campaigns.add_credit(pool, args.account, Decimal(args.add))
-        finally:
-            await pool.close()
-
-    print(orjson.dumps({"accountId": args.account, "credit": str(asyncio.run(run()))}).decode())
+    credit = _on_db(settings, lambda conn: campaigns.add_credit(conn, args.account, Decimal(args.add)))
+    print(orjson.dumps({"accountId": args.account, "credit": str(credit)}).decode())
 
 
 def cmd_users_create(args: argparse.Namespace) -> None:
     """Create an account user (an inbox assignee) and print it as JSON."""
     settings = _settings(args)
 
-    async def run() -> int:
-        pool = await create_pool(settings, max_size=2)
-        try:
-            return await inbox.create_user(pool, args.account, args.name, args.email)
-        finally:
-            await pool.close()
-
-    user_id = asyncio.run(run())
+    user_id = _on_db(settings, lambda conn: inbox.create_user(conn, args.account, args.name, args.email))
     sys.stdout.write(orjson.dumps({"userId": user_id, "accountId": args.account, "name": args.name}).decode() + "\n")
 
 
@@ -188,18 +177,10 @@ def cmd_socials_connect(args: argparse.Namespace) -> None:
     if expires is not None and expires.tzinfo is None:
         sys.exit("--expires-at needs a UTC offset")
 
-    async def run() -> int:
-        pool = await create_pool(settings, max_size=2)
-        try:
-            return await socials.connect(
-                pool, key, account_id=args.account, platform=args.platform, profile_id=args.profile_id,
-                token=token, expires_at=expires, username=args.username, profile_name=args.name,
-                picture_url=args.picture_url, phone_number=args.phone_number,
-                pages=orjson.loads(args.pages) if args.pages else None)
-        finally:
-            await pool.close()
-
-    connection_id = asyncio.run(run())
+    connection_id = _on_db(settings, lambda conn: socials.connect(
+        conn, key, account_id=args.account, platform=args.platform, profile_id=args.profile_id, token=token,
+        expires_at=expires, username=args.username, profile_name=args.name, picture_url=args.picture_url,
+        phone_number=args.phone_number, pages=orjson.loads(args.pages) if args.pages else None))
     print(orjson.dumps({"connectionId": connection_id, "platform": args.platform,
                         "profileId": args.profile_id}).decode())
 
@@ -207,15 +188,7 @@ def cmd_socials_connect(args: argparse.Namespace) -> None:
 def cmd_socials_revoke(args: argparse.Namespace) -> None:
     """Mark a connection's token revoked."""
     settings = _settings(args)
-
-    async def run() -> bool:
-        pool = await create_pool(settings, max_size=2)
-        try:
-            return await socials.revoke(pool, args.account, args.platform, args.profile_id)
-        finally:
-            await pool.close()
-
-    if not asyncio.run(run()):
+    if not _on_db(settings, lambda conn: socials.revoke(conn, args.account, args.platform, args.profile_id)):
         sys.exit("no such connection")
     print("revoked")
 
@@ -223,19 +196,10 @@ def cmd_socials_revoke(args: argparse.Namespace) -> None:
 def cmd_senders_add(args: argparse.Namespace) -> None:
     """Route inbound messages sent to an address (a number or agent id) to an account."""
     settings = _settings(args)
-
-    async def run() -> None:
-        pool = await create_pool(settings, max_size=2)
-        try:
-            await pool.execute(
-                "insert into sender_addresses (channel, address, account_id) values ($1, $2, $3)"
-                " on conflict (channel, address) do update set account_id = excluded.account_id",
-                args.channel, args.address, args.account,
-            )
-        finally:
-            await pool.close()
-
-    asyncio.run(run())
+    _on_db(settings, lambda conn: conn.execute(
+        "insert into sender_addresses (channel, address, account_id) values ($1, $2, $3)"
+        " on conflict (channel, address) do update set account_id = excluded.account_id",
+        args.channel, args.address, args.account))
     print(f"inbound {args.channel} messages to {args.address} now belong to account {args.account}")
 
 
