@@ -43,27 +43,23 @@ def _settings(args: argparse.Namespace) -> Settings:
 T = TypeVar("T")
 
 
+async def _with_connection(settings: Settings, work: Callable[[Conn], Awaitable[T]]) -> T:
+    """Run ``work`` on one connection of a pool of its own, then close the pool."""
+    pool = await create_pool(settings, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            return await work(conn)
+    finally:
+        await pool.close()
+
+
 def _on_db(settings: Settings, work: Callable[[Conn], Awaitable[T]]) -> T:
-    """Run an operator command's ``work`` on one connection, then close it."""
-
-    async def run() -> T:
-        pool = await create_pool(settings, max_size=1)
-        try:
-            async with pool.acquire() as conn:
-                return await work(conn)
-        finally:
-            await pool.close()
-
-    return asyncio.run(run())
+    """An operator command's ``work``, on one connection (see :func:`_with_connection`)."""
+    return asyncio.run(_with_connection(settings, work))
 
 
 async def _migrate(settings: Settings) -> list[str]:
-    pool = await create_pool(settings, max_size=2)
-    try:
-        async with pool.acquire() as conn:
-            return await migrate(conn)
-    finally:
-        await pool.close()
+    return await _with_connection(settings, migrate)
 
 
 async def _dev_key(settings: Settings, existing: str | None) -> str:
