@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -86,6 +86,26 @@ async def ensure_topics(settings: Settings, topics: Sequence[str] | None = None,
             await asyncio.sleep(1.0)
         finally:
             await admin.close()
+
+
+async def start_with_retry(start: Callable[[], Awaitable[None]], stopping: asyncio.Event) -> bool:
+    """Start a Kafka client (its bound ``start``), retrying with backoff while the broker is not up; False
+    when ``stopping`` was set meanwhile (the caller then stops instead of running)."""
+    delay = 0.5
+    while True:
+        try:
+            await start()
+            return True
+        except KafkaError as exc:
+            if stopping.is_set():
+                return False
+            log.warning("kafka_connect_failed", error=str(exc), retry_in_s=delay)
+            try:
+                await asyncio.wait_for(stopping.wait(), delay)
+                return False
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, 10.0)
 
 
 async def delete_topics(bootstrap: str, prefix: str) -> list[str]:

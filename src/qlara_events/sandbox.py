@@ -24,10 +24,9 @@ from urllib.parse import urlencode
 
 import aiohttp
 import orjson
-from aiokafka.errors import KafkaError
 
 from qlara_events.config import Settings
-from qlara_events.kafka import make_consumer
+from qlara_events.kafka import make_consumer, start_with_retry
 from qlara_events.logs import get_logger
 from qlara_events.standard_webhooks import secret_key, signature_header
 
@@ -77,15 +76,8 @@ class Sandbox:
         s = self._s
         consumer = make_consumer(s, s.topics.send_requests, group_id=f"{s.topics.prefix}qlara-sandbox",
                                  client_id="qlara-sandbox")
-        while True:
-            try:
-                await consumer.start()
-                break
-            except KafkaError as exc:
-                if self._stopping.is_set():
-                    return
-                log.warning("kafka_connect_failed", error=str(exc))
-                await asyncio.sleep(1.0)
+        if not await start_with_retry(consumer.start, self._stopping):
+            return
         async with aiohttp.ClientSession() as http:
             try:
                 while not self._stopping.is_set():

@@ -24,14 +24,14 @@ from typing import Any
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError
 
 from qlara_events import metrics
 from qlara_events.config import Settings
 from qlara_events.dispatcher import payloads
 from qlara_events.dispatcher.policy import BreakerState, CircuitBreaker, Outcome, RetryPolicy
 from qlara_events.dispatcher.sender import Sender
-from qlara_events.kafka import make_consumer
+from qlara_events.kafka import make_consumer, start_with_retry
 from qlara_events.logs import get_logger
 from qlara_events.store import webhooks as store
 
@@ -94,17 +94,8 @@ class Dispatcher:
         s = self._s
         consumer: AIOKafkaConsumer = make_consumer(s, s.topics.status_changes, group_id=s.consumer_group_dispatcher,
                                                    client_id="qlara-dispatcher")
-        delay = 0.5
-        while True:
-            try:
-                await consumer.start()
-                break
-            except KafkaError as exc:
-                if self._stopping.is_set():
-                    return
-                log.warning("kafka_connect_failed", error=str(exc), retry_in_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        if not await start_with_retry(consumer.start, self._stopping):
+            return
         try:
             while not self._stopping.is_set():
                 batch = await consumer.getmany(timeout_ms=200, max_records=1000)

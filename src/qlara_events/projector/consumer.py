@@ -24,7 +24,7 @@ from qlara_events import metrics
 from qlara_events.config import Settings
 from qlara_events.domain.events import parse_event
 from qlara_events.errors import InvalidEvent
-from qlara_events.kafka import HEADER_RECEIVED_AT, HEADER_VIA, header, make_consumer, make_producer
+from qlara_events.kafka import HEADER_RECEIVED_AT, HEADER_VIA, header, make_consumer, make_producer, start_with_retry
 from qlara_events.logs import get_logger
 from qlara_events.projector.outbox import relay
 from qlara_events.store.projection import BatchResult, Incoming, apply_batch
@@ -89,8 +89,11 @@ class Projector:
         self._consumer = make_consumer(s, s.topics.delivery_events, group_id=s.consumer_group_projector,
                                        client_id="qlara-projector")
         self._producer = make_producer(s, client_id="qlara-projector")
-        await _start_with_retry(self._producer.start, self._stopping)
-        await _start_with_retry(self._consumer.start, self._stopping)
+        if not await start_with_retry(self._producer.start, self._stopping):
+            return
+        if not await start_with_retry(self._consumer.start, self._stopping):
+            await self._producer.stop()
+            return
         last_relay = 0.0
         try:
             while not self._stopping.is_set():
@@ -218,18 +221,3 @@ def _unreadable_columns(bad: list[tuple[Record, str]]) -> list[list[object]]:
         [r.topic for r, _ in bad], [r.partition for r, _ in bad], [r.offset for r, _ in bad],
         [r.key for r, _ in bad], [r.value for r, _ in bad], [e for _, e in bad],
     ]
-
-
-async def _start_with_retry(start: object, stopping: asyncio.Event) -> None:
-    """Start a Kafka client, retrying while the broker is not up yet."""
-    delay = 0.5
-    while True:
-        try:
-            await start()  # type: ignore[operator]  # -- a bound start() coroutine function
-            return
-        except KafkaError as exc:
-            if stopping.is_set():
-                raise
-            log.warning("kafka_connect_failed", error=str(exc), retry_in_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
