@@ -84,4 +84,11 @@ WEBHOOK_BREAKER = Gauge(
     "qlara_webhook_circuit_state", "Circuit-breaker state per webhook: 0 closed, 1 open, 2 half-open.",
     ["webhook_id"],
 )
+WEBHOOK_INTAKE = Counter(
+    "qlara_webhook_intake_total",
+    "Status changes taken by the dispatcher's intake, by what became of them: direct (first attempt at once),"
+    " queued (waited for a slot), spilled_waiting / spilled_slow / spilled_breaker / spilled_stopping (written"
+    " to the retry schedule), duplicate (already had a delivery), superseded, disabled, no_webhook, unreadable.",
+    ["path"],
+)
 WEBHOOK_IN_FLIGHT = Gauge("qlara_webhook_in_flight", "Delivery attempts in progress in this process.")

@@ -21,7 +21,7 @@ from qlara_events.dispatcher.ssrf import (
     parse_networks,
     ssrf_refusal,
 )
-from qlara_events.standard_webhooks import secret_key, signature_header
+from qlara_events.standard_webhooks import signature_header
 
 USER_AGENT = f"qlara-events/{__version__}"
 RESPONSE_READ_LIMIT = 16 * 1024
@@ -58,6 +58,9 @@ class Sender:
         self._settings = settings
         self._allowed = parse_networks(settings.webhook_allowed_networks)
         self._session: aiohttp.ClientSession | None = None
+        #: check_url's verdict per URL ("" = allowed): it depends on the URL and the settings alone. The
+        #: addresses the host resolves to are still checked on every connection (the guarded connector).
+        self._checked: dict[str, str] = {}
 
     async def start(self) -> None:
         """Open the connection pool."""
@@ -77,23 +80,31 @@ class Sender:
         if self._session is not None:
             await self._session.close()
 
-    async def attempt(self, url: str, secrets: Sequence[str], delivery_id: str, body: bytes) -> AttemptResult:
-        """POST ``body`` signed with every secret in ``secrets`` (current first)."""
+    async def attempt(self, url: str, keys: Sequence[bytes], delivery_id: str, body: bytes) -> AttemptResult:
+        """POST ``body`` signed with every key in ``keys`` (current first)."""
         assert self._session is not None
         started = time.perf_counter()
 
         def elapsed() -> int:
             return int((time.perf_counter() - started) * 1000)
 
-        try:
-            check_url(url, require_https=self._settings.webhook_require_https, allowed=self._allowed)
-        except ForbiddenDestination as exc:
-            return AttemptResult(None, 0, f"forbidden destination: {exc.message}", None)
+        refused = self._checked.get(url)
+        if refused is None:
+            try:
+                check_url(url, require_https=self._settings.webhook_require_https, allowed=self._allowed)
+                refused = ""
+            except ForbiddenDestination as exc:
+                refused = f"forbidden destination: {exc.message}"
+            if len(self._checked) > 100_000:
+                self._checked.clear()
+            self._checked[url] = refused
+        if refused:
+            return AttemptResult(None, 0, refused, None)
         ts = int(time.time())
         headers = {
             "webhook-id": delivery_id,
             "webhook-timestamp": str(ts),
-            "webhook-signature": signature_header([secret_key(s) for s in secrets], delivery_id, ts, body),
+            "webhook-signature": signature_header(keys, delivery_id, ts, body),
             "Content-Type": "application/json",
         }
         try:

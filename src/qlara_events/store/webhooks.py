@@ -61,20 +61,13 @@ async def rotate(db: Db, account_id: str, new_secret: str, overlap_s: int) -> as
     )
 
 
-async def active_for_accounts(db: Db, account_ids: Sequence[str]) -> dict[str, asyncpg.Record]:
-    """Webhook rows (any status) of these accounts, by account id."""
-    rows = await db.fetch(
-        "select webhook_id, account_id, status from webhooks where account_id = any($1::text[])", list(account_ids)
-    )
-    return {r["account_id"]: r for r in rows}
-
-
 # ------------------------------------------------------------------------------------------------- queue
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class NewDelivery:
-    """A delivery to enqueue."""
+    """A delivery row written by the dispatcher's intake: after its first attempt (final or scheduled for a
+    retry), or without one (spilled to the retry schedule, leased while an attempt runs, or dead)."""
 
     delivery_id: str
     webhook_id: str
@@ -85,31 +78,63 @@ class NewDelivery:
     status_rank: int | None
     body: bytes
     changed_at: dt.datetime
-    #: 'scheduled', or 'dead' for a disabled webhook (kept visible and replayable).
+    #: 'scheduled' (due after ``next_delay_s``), 'in_flight' (leased for ``lease_s``), 'succeeded', 'dead',
+    #: 'superseded'.
     state: str = "scheduled"
+    attempts: int = 0
+    next_delay_s: float | None = 0.0
+    lease_s: float | None = None
+    last_attempt_at: dt.datetime | None = None
+    last_status_code: int | None = None
     last_error: str | None = None
+    last_latency_ms: int | None = None
 
 
-SQL_ENQUEUE: Final = """
+_NEW_FIELDS: Final = tuple(f.name for f in dataclasses.fields(NewDelivery))
+
+SQL_INSERT_DELIVERIES: Final = """
 insert into webhook_deliveries (delivery_id, webhook_id, account_id, change_id, message_id, event_type,
-                                status_rank, body, changed_at, state, next_attempt_at, last_error, finished_at)
+                                status_rank, body, changed_at, state, attempts, next_attempt_at, lease_until,
+                                last_attempt_at, last_status_code, last_error, last_latency_ms, finished_at)
 select v.delivery_id, v.webhook_id, v.account_id, v.change_id, v.message_id, v.event_type, v.status_rank,
-       v.body, v.changed_at, v.state, case when v.state = 'scheduled' then now() end, v.last_error,
-       case when v.state = 'dead' then now() end
+       v.body, v.changed_at, v.state, v.attempts,
+       case when v.state = 'scheduled' then now() + make_interval(secs => coalesce(v.delay, 0)) end,
+       case when v.state = 'in_flight' then now() + make_interval(secs => v.lease) end,
+       v.last_attempt_at, v.last_status_code, v.last_error, v.last_latency_ms,
+       case when v.state in ('succeeded', 'dead', 'superseded') then now() end
 from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::smallint[],
-            $8::bytea[], $9::timestamptz[], $10::text[], $11::text[])
+            $8::bytea[], $9::timestamptz[], $10::text[], $11::int[], $12::float8[], $13::float8[],
+            $14::timestamptz[], $15::int[], $16::text[], $17::int[])
      as v(delivery_id, webhook_id, account_id, change_id, message_id, event_type, status_rank, body,
-          changed_at, state, last_error)
+          changed_at, state, attempts, delay, lease, last_attempt_at, last_status_code, last_error,
+          last_latency_ms)
 on conflict (delivery_id) do nothing
 """
 
 
 async def enqueue(db: Db, items: Sequence[NewDelivery]) -> None:
-    """Queue deliveries (idempotent: a replayed change finds its delivery already there)."""
+    """Write delivery rows (idempotent: a replayed change finds its delivery already there)."""
     if not items:
         return
-    cols = [[getattr(i, f.name) for i in items] for f in dataclasses.fields(NewDelivery)]
-    await db.execute(SQL_ENQUEUE, *cols)
+    await db.execute(SQL_INSERT_DELIVERIES, *[[getattr(i, name) for i in items] for name in _NEW_FIELDS])
+
+
+#: For the changes of one intake batch: which already have a delivery (a replayed or twice-relayed change),
+#: and the highest status each partner acknowledged for the message (the superseded rule).
+SQL_KNOWN: Final = """
+select v.delivery_id, d.delivery_id is not null as known, a.status_rank as acked_rank
+from unnest($1::text[], $2::text[], $3::text[]) as v(delivery_id, webhook_id, message_id)
+left join webhook_deliveries d on d.delivery_id = v.delivery_id
+left join webhook_acked a on a.webhook_id = v.webhook_id and a.message_id = v.message_id
+"""
+
+
+async def known(db: Db, items: Sequence[tuple[str, str, str | None]]) -> dict[str, tuple[bool, int | None]]:
+    """(delivery id, webhook id, message id) -> (a delivery row exists, acknowledged rank or None)."""
+    if not items:
+        return {}
+    rows = await db.fetch(SQL_KNOWN, [i[0] for i in items], [i[1] for i in items], [i[2] for i in items])
+    return {r["delivery_id"]: (r["known"], r["acked_rank"]) for r in rows}
 
 
 #: Claim due deliveries of active webhooks, at most ``free`` per webhook, leasing them to this process.
@@ -184,6 +209,9 @@ class AttemptRecord:
     error: str | None
     outcome: str  # policy.Outcome value
     next_delay_s: float | None
+    #: The delivery row is written in the same flush, already in its final state (a first attempt made
+    #: straight from the stream): only the attempt, the acknowledgement and the webhook's health are recorded.
+    fresh: bool = False
 
 
 SQL_ATTEMPTS: Final = """
@@ -233,19 +261,20 @@ async def record(db: asyncpg.Pool, r: AttemptRecord, *, disable_after_s: int) ->
     return (await record_many(db, [r], disable_after_s=disable_after_s)).get(r.webhook_id)
 
 
-async def record_many(db: asyncpg.Pool, records: Sequence[AttemptRecord], *,
-                      disable_after_s: int) -> dict[str, str]:
-    """Record attempts and move their deliveries on, all in one transaction of bulk statements.
+async def record_many(db: asyncpg.Pool, records: Sequence[AttemptRecord], *, disable_after_s: int,
+                      new: Sequence[NewDelivery] = ()) -> dict[str, str]:
+    """Write ``new`` delivery rows, record attempts and move their deliveries on, all in one transaction of
+    bulk statements.
 
     A webhook's continuous-failure clock restarts on a success and starts at the first failure after
     it; a webhook failing for ``disable_after_s`` or answering 410 is disabled. Returns the webhooks
     disabled here, with the reason.
     """
-    if not records:
+    if not records and not new:
         return {}
     rs = sorted(records, key=lambda r: r.attempted_at)
-    failed = [r for r in rs if r.outcome == "failed"]
-    finished = [r for r in rs if r.outcome != "failed"]
+    failed = [r for r in rs if r.outcome == "failed" and not r.fresh]
+    finished = [r for r in rs if r.outcome != "failed" and not r.fresh]
     acked: dict[tuple[str, str], int] = {}
     for r in rs:
         if r.outcome == "succeeded" and r.message_id is not None and r.status_rank is not None:
@@ -266,6 +295,10 @@ async def record_many(db: asyncpg.Pool, records: Sequence[AttemptRecord], *,
                 gone.add(r.webhook_id)
     disabled: dict[str, str] = {}
     async with db.acquire() as conn, conn.transaction():
+        if new:
+            await enqueue(conn, new)
+        if not rs:
+            return {}
         await conn.execute(SQL_ATTEMPTS, [r.delivery_id for r in rs], [r.attempt for r in rs],
                            [r.attempted_at for r in rs], [r.status_code for r in rs], [r.latency_ms for r in rs],
                            [r.error for r in rs], [r.outcome for r in rs])
