@@ -28,7 +28,7 @@ infra:
 	@deploy/local/infra.sh up
 
 run: venv infra
-	$(BIN)/qlara-events serve --role all --dev --migrate --dev-key-file .local/dev-api-key $(if $(SANDBOX),--sandbox,)
+	$(BIN)/qlara-events serve --role all --processes --dev --migrate --dev-key-file .local/dev-api-key $(if $(SANDBOX),--sandbox,)
 
 # Validators of the packaging files (tests/packaging), kept apart from the project's .venv in .local/tools:
 # kubernetes-validate (ships the official Kubernetes schemas, works offline), check-jsonschema (ships the

@@ -75,11 +75,27 @@ async def _dev_key(settings: Settings, existing: str | None) -> str:
         await pool.close()
 
 
+def _roles(raw: str) -> tuple[str, ...]:
+    """``all``, one role, or several joined by commas (``ingress,api``)."""
+    if raw == "all":
+        return ROLES
+    roles = tuple(r.strip() for r in raw.split(",") if r.strip())
+    unknown = [r for r in roles if r not in ROLES]
+    if not roles or unknown:
+        raise argparse.ArgumentTypeError(f"roles are all, or a comma-separated choice of {', '.join(ROLES)}")
+    return roles
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
-    """Run one role or all of them in this process."""
+    """Run one role, several, or all of them in this process (or, with --processes, each in its own)."""
     settings = _settings(args)
     logs.configure(settings.log_level, settings.log_format)
-    roles = ROLES if args.role == "all" else (args.role,)
+    try:
+        roles = _roles(args.role)
+    except argparse.ArgumentTypeError as exc:
+        sys.exit(str(exc))
+    if args.processes and set(roles) != set(ROLES):
+        sys.exit("--processes runs every role: use it with --role all")
     dev_key: str | None = None
 
     async def prepare() -> None:
@@ -97,23 +113,33 @@ def cmd_serve(args: argparse.Namespace) -> None:
         key_file.parent.mkdir(parents=True, exist_ok=True)
         key_file.write_text(dev_key + "\n")
         key_file.chmod(0o600)
+    base = f"http://{settings.http_host}:{settings.http_port}"
+    banner = [f"qlara-events {__version__}: roles {', '.join(roles)}", f"base URL: {base}"]
+    if dev_key:
+        banner.append(f"development API key: {dev_key}")
+    if args.dev:
+        banner.append("development secrets for unset provider tokens: see docs/configuration.md")
+    if args.processes:
+        from qlara_events.supervisor import supervise
+
+        child_args = [*(["--dev"] if args.dev else []), "--delivery-rate", str(args.delivery_rate),
+                      "--read-rate", str(args.read_rate), "--delay-ms", str(args.delay_ms)]
+        banner[0] += " (one process each: ingress,api on the base port, projector and dispatcher on the next two)"
+        sys.exit(asyncio.run(supervise(settings.http_port, child_args, banner=banner, sandbox=args.sandbox)))
     behaviour = Behaviour(delivery_rate=args.delivery_rate, read_rate=args.read_rate,
                           delay_s=args.delay_ms / 1000) if args.sandbox else None
     app = build_app(settings, roles, sandbox=behaviour)
 
     def announce(_: str) -> None:
-        base = f"http://{settings.http_host}:{settings.http_port}"
-        lines = [f"qlara-events {__version__}: roles {', '.join(roles)}", f"base URL: {base}"]
-        if dev_key:
-            lines.append(f"development API key: {dev_key}")
-        if args.dev:
-            lines.append("development secrets for unset provider tokens: see docs/configuration.md")
-        lines.append(f"ready on {base} (Ctrl-C to stop)")
-        print("\n".join(lines), flush=True)
+        if args.child:  # the supervisor prints the banner and the one ready line
+            print(f"{','.join(roles)}: listening on {base}", flush=True)
+            return
+        print("\n".join([*banner, f"ready on {base} (Ctrl-C to stop)"]), flush=True)
 
     web.run_app(app, host=settings.http_host, port=settings.http_port, print=announce,
                 shutdown_timeout=15, access_log=None, handle_signals=True)
-    print("stopped: in-flight requests finished, consumer offsets committed", flush=True)
+    if not args.child:
+        print("stopped: in-flight requests finished, consumer offsets committed", flush=True)
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -240,7 +266,11 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the service")
-    serve.add_argument("--role", choices=("all", *ROLES), default="all")
+    serve.add_argument("--role", default="all",
+                       help=f"all, or a comma-separated choice of {', '.join(ROLES)} (default: all)")
+    serve.add_argument("--processes", action="store_true",
+                       help="with --role all: each role in a process of its own under one supervisor (make run)")
+    serve.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--dev", action="store_true",
                        help="fill unset provider secrets with the development values of docs/configuration.md")
     serve.add_argument("--migrate", action="store_true", help="apply migrations and create topics first")
