@@ -1,26 +1,23 @@
-"""One HTTP attempt: sign the stored bytes, POST them through the SSRF-guarded connector, classify.
+"""One HTTP attempt: sign the stored bytes, POST them over SSRF-checked connections (``http1.py``), classify.
 
-No redirects are followed (a 3xx is a failure), responses are read up to a small cap and dropped, and
-every attempt re-checks the URL: the guard runs on every attempt, not only at registration.
+No redirects are followed (a 3xx is a failure) and responses are read up to a small cap and dropped. The
+guard runs at delivery, not only at registration: the URL's form is checked (once per distinct URL), and
+every new connection resolves the host and checks every address it connects to.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Sequence
 
-import aiohttp
+import yarl
 
 from qlara_events import __version__
 from qlara_events.config import Settings
-from qlara_events.dispatcher.ssrf import (
-    ForbiddenDestination,
-    check_url,
-    guarded_connector,
-    parse_networks,
-    ssrf_refusal,
-)
+from qlara_events.dispatcher.http1 import Http1Pool, HttpError
+from qlara_events.dispatcher.ssrf import UNRESOLVABLE, ForbiddenDestination, check_url, parse_networks
 from qlara_events.standard_webhooks import signature_header
 
 USER_AGENT = f"qlara-events/{__version__}"
@@ -52,74 +49,69 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class Sender:
-    """A pooled HTTP client for webhook attempts."""
+    """Signs and POSTs webhook attempts over pooled keep-alive connections (``http1.py``)."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._allowed = parse_networks(settings.webhook_allowed_networks)
-        self._session: aiohttp.ClientSession | None = None
-        #: check_url's verdict per URL ("" = allowed): it depends on the URL and the settings alone. The
-        #: addresses the host resolves to are still checked on every connection (the guarded connector).
-        self._checked: dict[str, str] = {}
+        self._pool: Http1Pool | None = None
+        #: check_url's verdict per URL (the parsed URL, or the refusal): it depends on the URL and the settings
+        #: alone. The addresses the host resolves to are checked on every new connection.
+        self._checked: dict[str, yarl.URL | str] = {}
 
     async def start(self) -> None:
         """Open the connection pool."""
-        s = self._settings
-        self._session = aiohttp.ClientSession(
-            # No per-host cap here: two partners behind one host (a shared SaaS receiver) must not share
-            # slots. The dispatcher caps concurrency per webhook; the pool only caps the process total.
-            connector=guarded_connector(allowed=self._allowed, limit_per_host=0,
-                                        limit=s.webhook_concurrency_total),
-            timeout=aiohttp.ClientTimeout(total=s.webhook_timeout_s),
-            headers={"User-Agent": USER_AGENT},
-            auto_decompress=False,
-        )
+        self._pool = Http1Pool(allowed=self._allowed, read_limit=RESPONSE_READ_LIMIT, user_agent=USER_AGENT)
 
     async def stop(self) -> None:
         """Close the pool."""
-        if self._session is not None:
-            await self._session.close()
+        if self._pool is not None:
+            self._pool.close()
+
+    def _url(self, url: str) -> yarl.URL | str:
+        verdict = self._checked.get(url)
+        if verdict is None:
+            try:
+                verdict = check_url(url, require_https=self._settings.webhook_require_https, allowed=self._allowed)
+            except ForbiddenDestination as exc:
+                verdict = f"forbidden destination: {exc.message}"
+            if len(self._checked) > 100_000:
+                self._checked.clear()
+            self._checked[url] = verdict
+        return verdict
 
     async def attempt(self, url: str, keys: Sequence[bytes], delivery_id: str, body: bytes) -> AttemptResult:
         """POST ``body`` signed with every key in ``keys`` (current first)."""
-        assert self._session is not None
+        assert self._pool is not None
         started = time.perf_counter()
 
         def elapsed() -> int:
             return int((time.perf_counter() - started) * 1000)
 
-        refused = self._checked.get(url)
-        if refused is None:
-            try:
-                check_url(url, require_https=self._settings.webhook_require_https, allowed=self._allowed)
-                refused = ""
-            except ForbiddenDestination as exc:
-                refused = f"forbidden destination: {exc.message}"
-            if len(self._checked) > 100_000:
-                self._checked.clear()
-            self._checked[url] = refused
-        if refused:
-            return AttemptResult(None, 0, refused, None)
+        target = self._url(url)
+        if isinstance(target, str):
+            return AttemptResult(None, 0, target, None)
         ts = int(time.time())
-        headers = {
-            "webhook-id": delivery_id,
-            "webhook-timestamp": str(ts),
-            "webhook-signature": signature_header(keys, delivery_id, ts, body),
-            "Content-Type": "application/json",
-        }
+        headers = (
+            ("Content-Type", "application/json"),
+            ("webhook-id", delivery_id),
+            ("webhook-timestamp", str(ts)),
+            ("webhook-signature", signature_header(keys, delivery_id, ts, body)),
+        )
         try:
-            async with self._session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
-                await resp.content.read(RESPONSE_READ_LIMIT)
-                error = None
-                if not 200 <= resp.status < 300:
-                    error = f"HTTP {resp.status}"
-                    if 300 <= resp.status < 400:
-                        error += " (redirects are not followed)"
-                return AttemptResult(resp.status, elapsed(), error, _retry_after(resp.headers.get("Retry-After")))
+            async with asyncio.timeout(self._settings.webhook_timeout_s):
+                answer = await self._pool.post(target, headers, body)
         except TimeoutError:
             return AttemptResult(None, elapsed(), f"timed out after {self._settings.webhook_timeout_s:g} s", None)
-        except aiohttp.ClientError as exc:
-            refusal = ssrf_refusal(exc)
-            if refusal is not None:
-                return AttemptResult(None, elapsed(), f"forbidden destination: {refusal.message}", None)
+        except ForbiddenDestination as exc:
+            if exc.reason == UNRESOLVABLE:
+                return AttemptResult(None, elapsed(), f"DNS: {exc.message}", None)
+            return AttemptResult(None, elapsed(), f"forbidden destination: {exc.message}", None)
+        except (HttpError, OSError) as exc:
             return AttemptResult(None, elapsed(), f"{type(exc).__name__}: {exc}"[:500], None)
+        error = None
+        if not 200 <= answer.status < 300:
+            error = f"HTTP {answer.status}"
+            if 300 <= answer.status < 400:
+                error += " (redirects are not followed)"
+        return AttemptResult(answer.status, elapsed(), error, _retry_after(answer.retry_after))
