@@ -350,3 +350,69 @@ def machine(postgres: str, generator_cpu: int | None) -> dict[str, Any]:
         },
         "what_else_ran": {},
     }
+
+
+# ------------------------------------------------------------------------------------ CPU per event
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used so far; 0 once it is gone."""
+    raw = _read(f"/proc/{pid}/stat")
+    if not raw:
+        return 0.0
+    fields = raw[raw.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pids_named(comm: str, cmdline_has: str = "") -> list[int]:
+    """Live processes whose command is ``comm`` (and whose command line contains ``cmdline_has``)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        raw = _read(f"/proc/{d.name}/stat")
+        if not raw or raw[raw.index("(") + 1: raw.rindex(")")] != comm:
+            continue
+        if cmdline_has and cmdline_has not in _read(f"/proc/{d.name}/cmdline").replace("\0", " "):
+            continue
+        out.append(int(d.name))
+    return out
+
+
+def shared_infra() -> dict[str, list[int]]:
+    """The shared PostgreSQL (every backend and helper process) and the Kafka broker."""
+    return {"postgres": pids_named("postgres"), "kafka": pids_named("java", "kafka.Kafka")}
+
+
+class CpuMeter:
+    """CPU milliseconds per 1,000 events for each process of a scenario, read from /proc while they run.
+
+    This figure survives a noisy machine (another process's load changes wall time, not the CPU a process
+    spends per event) and feeds docs/scaling.md. ``bound_events_per_s`` is what the sum implies for the
+    whole pipeline on this machine's cores, were nothing else running.
+    """
+
+    def __init__(self, processes: Mapping[str, Sequence[int]]) -> None:
+        self._pids = {name: list(pids) for name, pids in processes.items()}
+        self._before: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        return {name: sum(process_cpu_s(p) for p in pids) for name, pids in self._pids.items()}
+
+    def start(self) -> None:
+        """Snapshot now."""
+        self._before = self._now()
+
+    def add(self, name: str, pids: Sequence[int]) -> None:
+        """Measure more processes from now on (one started after :meth:`start`)."""
+        self._pids[name] = list(pids)
+        self._before[name] = sum(process_cpu_s(p) for p in pids)
+
+    def stop(self, events: int) -> dict[str, Any]:
+        """CPU-ms per 1,000 events of each process since :meth:`start` (call before the processes exit)."""
+        after = self._now()
+        per_1k = {name: round((after[name] - self._before[name]) * 1000 / max(events, 1) * 1000, 1)
+                  for name in self._pids}
+        total = sum(per_1k.values())
+        return {"events": events, "cpu_ms_per_1k": per_1k, "sum_ms_per_1k": round(total, 1),
+                "bound_events_per_s": round((os.cpu_count() or 1) * 1e6 / total) if total else None}

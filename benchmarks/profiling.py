@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import BIN, Context, progress
+from benchmarks.common import BIN, ROOT, Context, progress
 
 PY_SPY = BIN / "py-spy"
 
@@ -75,6 +75,11 @@ async def maybe(ctx: Context, name: str, pid: int, seconds: float) -> AsyncItera
             err = b"timeout"
         if prof.raw.exists():
             prof.summary = summarize(prof.raw.read_text())
+            # The whole collapsed profile stays for a closer look (git-ignored), e.g. in speedscope.
+            keep = ROOT / ".local" / "profiles" / f"{ctx.run_id}-{name}.txt"
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            keep.write_bytes(prof.raw.read_bytes())
+            prof.summary["raw"] = str(keep.relative_to(ROOT))
             progress(f"  profile {name}: top self {prof.summary['self_pct'][:3]}")
         else:
             progress(f"  profile {name} failed: {err.decode()[-300:]}")

@@ -8,8 +8,8 @@ from typing import Any
 
 import orjson
 
-SCENARIOS = ("ingest_single", "ingest_batch", "ingest_provider", "projector_drain", "end_to_end", "fanout",
-             "campaign_confirm", "history_scale")
+SCENARIOS = ("ingest_single", "ingest_batch", "ingest_provider", "projector_drain", "end_to_end", "webhook_client",
+             "fanout", "campaign_confirm", "history_scale")
 REQUIRED = ("value", "unit", "baseline", "ratio", "target", "met")
 
 
@@ -60,6 +60,16 @@ def markdown(results: Mapping[str, Any], json_name: str) -> str:
         if row.get("error"):
             cells[-1] = f"**no** (error: {_fmt(row['error'])[:80]})"
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    cpu_rows = [(name, results["scenarios"][name]["cpu"]) for name in SCENARIOS
+                if isinstance(results["scenarios"].get(name, {}).get("cpu"), Mapping)]
+    if cpu_rows:
+        lines += ["", "## CPU milliseconds per 1,000 events, per process", "",
+                  "Read from /proc before the processes exit; `bound` is what the sum implies for this machine's "
+                  "cores were nothing else running.", ""]
+        for name, cpu in cpu_rows:
+            per = ", ".join(f"{k} {v:,.0f}" for k, v in cpu.get("cpu_ms_per_1k", {}).items())
+            lines.append(f"- `{name}` ({cpu.get('events'):,} events): {per}; sum {cpu.get('sum_ms_per_1k'):,.0f}, "
+                         f"bound {_fmt(cpu.get('bound_events_per_s'))} events/s")
     lines += ["", "## Machine", ""]
     for key in ("cpu_model", "cores", "memory_gb", "python", "kafka", "postgres", "os"):
         lines.append(f"- {key}: {m.get(key)}")

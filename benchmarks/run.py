@@ -31,6 +31,7 @@ from benchmarks import (
     ingest_single,
     projector_drain,
     results,
+    webhook_client,
 )
 from benchmarks.common import (
     KAFKA,
@@ -54,6 +55,7 @@ SCENARIOS: dict[str, Scenario] = {
     "ingest_provider": ingest_provider.run,
     "projector_drain": projector_drain.run,
     "end_to_end": end_to_end.run,
+    "webhook_client": webhook_client.run,
     "fanout": fanout.run,
     "campaign_confirm": campaign_confirm.run,
     "history_scale": history_scale.run,
