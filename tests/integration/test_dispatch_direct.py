@@ -216,3 +216,37 @@ class TestSuperseded:
         await produce(producer, s.topics.status_changes, [c, marker], partition=2)
         await receiver.wait_for(token, 2)
         assert [r.json["messageId"] for r in receiver.requests[token]] == [c["messageId"], marker["messageId"]]
+
+
+class TestUnreadable:
+    """A record on the change topic that is not a change cannot stop the dispatcher (issue #11, item 17)."""
+
+    async def test_garbage_is_kept_and_the_partition_moves_on(self, http, server, db, receiver, producer) -> None:
+        """Not JSON, not an object, a change without an id and one with an unknown status are kept in
+        unreadable_records with their offsets; the valid change behind them is delivered; the offset moves on."""
+        s = server.settings
+        account = await new_account(db)
+        token = uid()
+        await register(http, server, account, receiver.endpoint("ok", token))
+        bad_status = change(account.id)
+        bad_status["status"] = "TELEPORTED"
+        no_id = change(account.id)
+        del no_id["id"]
+        first = None
+        for value in (b"\xff not json", b"[1, 2]", orjson.dumps(no_id), orjson.dumps(bad_status)):
+            meta = await (await producer.send(s.topics.status_changes, value, key=b"garbage", partition=2))
+            first = meta.offset if first is None else first
+        good = change(account.id)
+        end = await produce(producer, s.topics.status_changes, [good], partition=2)
+        [got] = await receiver.wait_for(token, 1)
+        assert got.json["messageId"] == good["messageId"]
+
+        async def moved_on() -> bool:
+            return await committed(s, 2) >= end
+
+        await wait_until(moved_on, what="offset committed past the garbage")
+        rows = await db.fetch('select "offset", value, error from unreadable_records where topic = $1'
+                              ' and partition = 2 and "offset" >= $2 and "offset" < $3 order by "offset"',
+                              s.topics.status_changes, first, end)
+        assert [r["offset"] for r in rows] == list(range(first, end - 1))
+        assert rows[0]["value"] == b"\xff not json" and all(r["error"] for r in rows)

@@ -50,6 +50,12 @@ log = get_logger("dispatcher.intake")
 
 #: Changes read but not yet settled, at most; past it the intake waits before reading more.
 MAX_UNSETTLED: Final = 20_000
+#: Records of the topic that are not a change at all, kept as the projector keeps its own (``unreadable_records``).
+SQL_UNREADABLE: Final = """
+insert into unreadable_records (topic, partition, "offset", key, value, error)
+select * from unnest($1::text[], $2::int[], $3::bigint[], $4::bytea[], $5::bytea[], $6::text[])
+on conflict do nothing
+"""
 #: How often unsettled changes are checked against the spill deadline.
 SPILL_TICK_S: Final = 0.05
 
@@ -200,6 +206,7 @@ class Intake:
         counts: collections.Counter[str] = collections.Counter()
         items: list[Item] = []
         dead: list[store.NewDelivery] = []
+        unreadable: list[tuple[Any, str]] = []
         for rec in records:
             try:
                 change = orjson.loads(rec.value)
@@ -211,9 +218,11 @@ class Intake:
                     continue
                 row = self._row(change, endpoint)
             except (ValueError, KeyError, TypeError) as exc:
-                # Only the projector writes this topic; a record it cannot have written is logged, not retried.
+                # Only the projector writes this topic; a record it cannot have written is kept, not retried
+                # (it would stop the partition for good) and not dropped.
                 log.error("unreadable_change", topic=rec.topic, partition=rec.partition, offset=rec.offset,
                           error=repr(exc))
+                unreadable.append((rec, f"{type(exc).__name__}: {exc}"[:1000]))
                 counts["unreadable"] += 1
                 continue
             if not endpoint.active:
@@ -222,6 +231,8 @@ class Intake:
                 counts["disabled"] += 1
                 continue
             items.append(Item(batch, row, endpoint, batch.read_at))
+        if unreadable:
+            await self._keep_unreadable(unreadable)
         known = await self._known(items)
         fresh: list[Item] = []
         superseded: list[Item] = []
@@ -273,6 +284,19 @@ class Intake:
             status_rank=payloads.status_rank(change), body=payloads.body(change),
             changed_at=_parse_time(change.get("changedAt")),
         )
+
+    async def _keep_unreadable(self, bad: list[tuple[Any, str]]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._pool.execute(SQL_UNREADABLE, [r.topic for r, _ in bad], [r.partition for r, _ in bad],
+                                         [r.offset for r, _ in bad], [r.key for r, _ in bad],
+                                         [r.value for r, _ in bad], [e for _, e in bad])
+                return
+            except TRANSIENT_DB as exc:
+                log.warning("unreadable_store_retry", error=repr(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _known(self, items: list[Item]) -> dict[str, tuple[bool, int | None]]:
         delay = 0.1
