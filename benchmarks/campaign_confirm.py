@@ -27,10 +27,12 @@ from benchmarks.common import (
     KAFKA,
     PORTS,
     Context,
+    CpuMeter,
     Service,
     progress,
     reset_database,
     service,
+    shared_infra,
     vmhwm_kib,
 )
 from qlara_events.campaign_runner import BATCH, send_request
@@ -123,6 +125,8 @@ async def confirm_and_measure(ctx: Context, conn: asyncpg.Connection, key: str, 
             parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or set())]
             assert parts and await topic_total(consumer, parts) == 0, f"{topic} is not empty"
             before_kib = vmhwm_kib(api.pid)
+            meter = CpuMeter({"api": [api.pid], **shared_infra()})
+            meter.start()
             t0 = time.monotonic()
             status, confirmed = await call(http, "PUT", f"/campaigns/{cid}/confirm", key)
             confirm_ms = (time.monotonic() - t0) * 1000
@@ -145,6 +149,7 @@ async def confirm_and_measure(ctx: Context, conn: asyncpg.Connection, key: str, 
                         last_print = time.monotonic()
                     await asyncio.sleep(0.2)
                 observed_s = time.monotonic() - t0
+            cpu = meter.stop(produced)
             after_kib = vmhwm_kib(api.pid)
         finally:
             await consumer.stop()
@@ -155,7 +160,7 @@ async def confirm_and_measure(ctx: Context, conn: asyncpg.Connection, key: str, 
     expand_s = (row["updated_at"] - row["confirmed_at"]).total_seconds() if done else None
     runner_s = (row["updated_at"] - row["started_at"]).total_seconds() if done else None
     return {
-        "recipients": n, "complete": done and produced == n == row["expanded"],
+        "recipients": n, "complete": done and produced == n == row["expanded"], "cpu": cpu,
         "send_requests_in_topic": produced, "expanded": row["expanded"],
         "duplicates": max(0, produced - n), "expansion_attempts": row["expansion_attempts"],
         "confirm_ms": round(confirm_ms, 1),

@@ -392,12 +392,17 @@ class CpuMeter:
     whole pipeline on this machine's cores, were nothing else running.
     """
 
-    def __init__(self, processes: Mapping[str, Sequence[int]]) -> None:
+    def __init__(self, processes: Mapping[str, Sequence[int]], *, children_as: str | None = None) -> None:
         self._pids = {name: list(pids) for name, pids in processes.items()}
         self._before: dict[str, float] = {}
+        #: Also count this process's children that exit meanwhile (vegeta attacks) under this name.
+        self._children_as = children_as
 
     def _now(self) -> dict[str, float]:
-        return {name: sum(process_cpu_s(p) for p in pids) for name, pids in self._pids.items()}
+        now = {name: sum(process_cpu_s(p) for p in pids) for name, pids in self._pids.items()}
+        if self._children_as:
+            now[self._children_as] = now.get(self._children_as, 0.0) + _reaped_children_cpu()
+        return now
 
     def start(self) -> None:
         """Snapshot now."""
@@ -412,7 +417,7 @@ class CpuMeter:
         """CPU-ms per 1,000 events of each process since :meth:`start` (call before the processes exit)."""
         after = self._now()
         per_1k = {name: round((after[name] - self._before[name]) * 1000 / max(events, 1) * 1000, 1)
-                  for name in self._pids}
+                  for name in after}
         total = sum(per_1k.values())
         return {"events": events, "cpu_ms_per_1k": per_1k, "sum_ms_per_1k": round(total, 1),
                 "bound_events_per_s": round((os.cpu_count() or 1) * 1e6 / total) if total else None}

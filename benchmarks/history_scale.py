@@ -28,7 +28,7 @@ from urllib.parse import urlencode
 import asyncpg
 
 from benchmarks import loadgen
-from benchmarks.common import Context, progress, reset_database, role
+from benchmarks.common import Context, CpuMeter, progress, reset_database, role, shared_infra
 from qlara_events.store import accounts
 
 TARGET = "p99 at 20,000,000 rows <= 2x p99 at 200,000 rows, for every read"
@@ -146,6 +146,9 @@ async def _measure(ctx: Context, total: int, rate: int, seconds: float) -> dict[
         base = f"http://127.0.0.1:{api.port}"
         await loadgen.run_step(ctx, f"history-{total}-warmup", 50, 5.0,
                                lambda c: _targets(base, keys, "history_day", built["per_month"], c, rng))
+        meter = CpuMeter({"api": [api.pid], **shared_infra()}, children_as="generator")
+        meter.start()
+        requests = 0
         for kind in KINDS:
             # A page of 1,000 is ~50x the rows of the others (JSON built in Python): at the others' rate one
             # api process would be measuring its queue, at both sizes alike, not the read.
@@ -164,6 +167,8 @@ async def _measure(ctx: Context, total: int, rate: int, seconds: float) -> dict[
                 row = again.brief() if again.max_send_lag_ms < step.max_send_lag_ms else first
                 row = {**row, "stalled_attempt": first if row is not first else again.brief()}
             out[kind] = row
+            requests += int(row.get("ok", 0))
+        out["cpu"] = meter.stop(requests)  # per 1,000 requests, every read of this size
     return out
 
 
@@ -188,6 +193,7 @@ async def run(ctx: Context, shared: dict[str, Any]) -> dict[str, Any]:
         f"{big['rows']:,} rows, {rate} req/s", "baseline": base[worst_kind]["p99_ms"], "ratio": worst,
         "target": TARGET if not ctx.quick else TARGET.replace("20,000,000", "2,000,000"),
         "met": all_ok and worst is not None and worst <= 2.0, "ratios": ratios, "large": big, "small": base,
+        "cpu": big["cpu"],
         "method": "same reads (random account/day/message per request) at a fixed rate through vegeta against one "
                   "api process; the small history is the baseline, loaded and measured first in the same run",
     }

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from benchmarks import baselines, events, loadgen, profiling
-from benchmarks.common import Context, progress, role
+from benchmarks.common import Context, CpuMeter, progress, role, shared_infra
 
 BATCH = 100
 P99_LIMIT_MS = 50.0
@@ -41,8 +41,11 @@ async def run(ctx: Context, shared: dict[str, Any]) -> dict[str, Any]:
     async with role(ctx, "batch", "ingress") as ingress:
         url = f"http://127.0.0.1:{ingress.port}"
         stream = events.canonical_batch(url, account, BATCH)
+        meter = CpuMeter({"ingress": [ingress.pid], **shared_infra()}, children_as="generator")
+        meter.start()
         best, steps = await loadgen.step_search(ctx, "ingest_batch", req_rates, step_s,
                                                 lambda n: itertools.islice(stream, n), P99_LIMIT_MS)
+        cpu = meter.stop(sum(s.ok for s in steps) * BATCH)  # accepted events of the search (warm-up: CPU only)
         prof = profiling.Profile()
         if ctx.profile and best:
             async with profiling.maybe(ctx, "ingest_batch-ingress", ingress.pid, step_s) as prof:
@@ -57,5 +60,6 @@ async def run(ctx: Context, shared: dict[str, Any]) -> dict[str, Any]:
         "requests_per_s": best, "search_capped": best == req_rates[-1],
         "capacity_events_per_s": round(loadgen.capacity(steps) * BATCH, 1),
         "baseline_kafka": base, "steps": [s.brief() for s in steps],
-        "criterion": "every response 2xx and p99 (from scheduled send time) <= 50 ms", **prof.result(),
+        "criterion": "every response 2xx and p99 (from scheduled send time) <= 50 ms", "cpu": cpu,
+        **prof.result(),
     }

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from benchmarks import baselines, events, profiling
-from benchmarks.common import KAFKA, Context, progress, reset_database, role
+from benchmarks.common import KAFKA, Context, CpuMeter, progress, reset_database, role, shared_infra
 
 TARGET = ">= 20,000 events/s"
 CHUNK = 10_000
@@ -106,6 +106,7 @@ async def run(ctx: Context, shared: dict[str, Any]) -> dict[str, Any]:
             async with profiling.maybe(ctx, "projector_drain-projector", proj.pid, 10.0 if ctx.quick else 20.0) \
                     as prof:
                 first: tuple[float, int] | None = None
+                meter = CpuMeter({"projector": [proj.pid], **shared_infra()})
                 remaining = total
                 deadline = time.monotonic() + cap_s
                 last_print = 0.0
@@ -114,6 +115,7 @@ async def run(ctx: Context, shared: dict[str, Any]) -> dict[str, Any]:
                     t = time.monotonic()
                     if first is None and remaining < total:
                         first = (t, remaining)
+                        meter.start()
                     if remaining == 0:
                         break
                     if t - last_print > 10:
@@ -121,6 +123,7 @@ async def run(ctx: Context, shared: dict[str, Any]) -> dict[str, Any]:
                         last_print = t
                     await asyncio.sleep(0.25)
                 finished = time.monotonic()
+                cpu = meter.stop(first[1] - remaining) if first is not None else None
     finally:
         await admin.close()
     drained = total - remaining
@@ -135,7 +138,7 @@ async def run(ctx: Context, shared: dict[str, Any]) -> dict[str, Any]:
         "ratio": None if ratio is None else round(ratio, 3), "target": TARGET, "met": rate >= 20_000,
         "events": total, "drained": drained, "capped_at_s": None if remaining == 0 else cap_s,
         "wall_from_spawn_s": round(finished - spawned, 1), "fill_events_per_s": round(fill_rate, 1),
-        "baseline_copy": base,
+        "baseline_copy": base, "cpu": cpu,
         "method": "rate between the first committed offset and lag 0 (excludes process start and group join)",
         **prof.result(),
     }
