@@ -154,8 +154,10 @@ def role(name: str, *, port: int, env: Mapping[str, str], log_dir: Path) -> Proc
     """``qlara-events serve --role NAME`` as a child process on ``port``."""
     exe = Path(sys.executable).with_name("qlara-events")
     argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "qlara_events.cli"]
+    # A stable instance name per role: a killed and restarted consumer rejoins as the same static member.
     return Process(name, [*argv, "serve", "--role", name], port=port,
-                   env={**env, "QLARA_HTTP_PORT": str(port)}, log=log_dir / f"{name}.log")
+                   env={"QLARA_KAFKA_INSTANCE_ID": f"chaos-{name}-{port}", **env, "QLARA_HTTP_PORT": str(port)},
+                   log=log_dir / f"{name}.log")
 
 
 def receiver(*, port: int, out: Path, log_dir: Path) -> Process:

@@ -84,6 +84,9 @@ class Settings:
     http_port: int = 8080
     public_base_url: str = ""
     kafka_bootstrap: str = DEFAULT_KAFKA_BOOTSTRAP
+    #: A stable name of this process (a pod name, host and role): consumers join their groups as static members
+    #: under it, so a restarted process gets its partitions back at once instead of after a rebalance.
+    kafka_instance_id: str | None = None
     topics: Topics = Topics()
     topic_partitions: int = 6
     topic_replication: int = 1
@@ -183,6 +186,7 @@ class Settings:
             http_port=_int(e, "QLARA_HTTP_PORT", 8080, 0, 65535),
             public_base_url=(opt("QLARA_PUBLIC_BASE_URL") or "").rstrip("/"),
             kafka_bootstrap=opt("QLARA_KAFKA_BOOTSTRAP") or DEFAULT_KAFKA_BOOTSTRAP,
+            kafka_instance_id=opt("QLARA_KAFKA_INSTANCE_ID"),
             topics=Topics(prefix=opt("QLARA_KAFKA_TOPIC_PREFIX") or ""),
             topic_partitions=_int(e, "QLARA_KAFKA_PARTITIONS", 6, 1, 10_000),
             topic_replication=_int(e, "QLARA_KAFKA_REPLICATION", 1, 1, 16),

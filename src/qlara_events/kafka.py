@@ -53,6 +53,10 @@ def make_consumer(settings: Settings, *topics: str, group_id: str, client_id: st
         # A killed member's partitions wait for its session to expire before another member takes them:
         # 10 s (not Kafka's 45 s) bounds that stall (make chaos measured ~30 s of stall at 30 s).
         session_timeout_ms=10_000,
+        # Static membership (KIP-345) when the process has a stable name: a member restarted under the same
+        # name takes its partitions back at once, without a rebalance of the others; its stop does not
+        # leave the group either, so a rolling restart moves no partition.
+        group_instance_id=f"{settings.kafka_instance_id}.{client_id}" if settings.kafka_instance_id else None,
         heartbeat_interval_ms=2_000,
         max_poll_interval_ms=300_000,
     )

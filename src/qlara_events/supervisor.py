@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Final
@@ -63,6 +64,9 @@ async def supervise(base_port: int, child_args: Sequence[str], *, banner: Sequen
 
     async def start(child: Child) -> None:
         env = {**os.environ, "QLARA_HTTP_PORT": str(child.port)}
+        # A restarted child rejoins its consumer groups as the same static member: its partitions come back
+        # at once instead of after the session timeout and a rebalance.
+        env.setdefault("QLARA_KAFKA_INSTANCE_ID", f"{socket.gethostname()}-{child.port}")
         # Its own process group: Ctrl-C reaches the supervisor, which stops the children in order.
         child.proc = await asyncio.create_subprocess_exec(*child.argv, env=env, start_new_session=True)
 
