@@ -155,8 +155,9 @@ class Accounting:
         return dataclasses.asdict(self)
 
 
-async def account(pool: asyncpg.Pool, *, account_id: str, messages: Sequence[Message], deliveries: Sequence[Delivery],
-                  lag_projector: int | None, lag_dispatcher: int | None, bootstrap: str, topic: str) -> Accounting:
+async def account(pool: asyncpg.Pool, *, account_ids: Sequence[str], messages: Sequence[Message],
+                  deliveries: Sequence[Delivery], lag_projector: int | None, lag_dispatcher: int | None,
+                  bootstrap: str, topic: str) -> Accounting:
     """Compare what the generator got acknowledged with what the stores and the partner hold."""
     a = Accounting(messages=len(messages), lag_projector=lag_projector, lag_dispatcher=lag_dispatcher)
     sent: list[str] = []
@@ -196,7 +197,7 @@ async def account(pool: asyncpg.Pool, *, account_id: str, messages: Sequence[Mes
     expected = {m.message_id: ("DELIVERED" if m.delivered_acked_at is not None or m.delivered_id in stored else "SENT")
                 for m in messages if m.submitted_acked_at is not None}
     actual = {r["message_id"]: r["status"] for r in await pool.fetch(
-        "select message_id, status from messages where account_id = $1", account_id)}
+        "select message_id, status from messages where account_id = any($1::text[])", list(account_ids))}
     a.status_counts = dict(collections.Counter(actual.values()))
     wrong = [f"{mid}: {actual.get(mid)} != {want}" for mid, want in expected.items() if actual.get(mid) != want]
     a.status_mismatches = len(wrong)
@@ -216,7 +217,8 @@ async def account(pool: asyncpg.Pool, *, account_id: str, messages: Sequence[Mes
     a.duplicate_webhooks = sum(n - 1 for n in count.values())
     a.duplicates_with_new_id = sum(len(v) - 1 for v in ids.values())
     a.webhook_states = {r["state"]: r["n"] for r in await pool.fetch(
-        "select state, count(*) as n from webhook_deliveries where account_id = $1 group by state", account_id)}
+        "select state, count(*) as n from webhook_deliveries where account_id = any($1::text[]) group by state",
+        list(account_ids))}
 
     if a.lost:
         a.failures.append(f"{a.lost} acknowledged events are neither in message_events nor in Kafka: lost")

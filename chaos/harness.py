@@ -67,6 +67,8 @@ class Scenario:
     fault: Callable[[Harness], Awaitable[str]]
     repair: Callable[[Harness], Awaitable[None]]
     hold_s: float
+    #: Accounts (each with a webhook of its own, all answered by the receiver) the messages are spread over.
+    endpoints: int = 1
 
 
 @dataclasses.dataclass
@@ -185,9 +187,9 @@ class Harness:
     async def warm_up(self, log: Callable[[str], None], *, timeout_s: float = 90.0) -> None:
         """A few messages end to end, so consumer groups have formed before the first scenario is timed."""
         token = f"warmup-{self.run_id}"
-        account_id = await self._new_account(token)
+        account_ids = await self._new_accounts(token, 1)
         started = time.monotonic()
-        load = Load(url=self.ingress_url, secret=self.env["QLARA_INGEST_SECRET"], account_id=account_id,
+        load = Load(url=self.ingress_url, secret=self.env["QLARA_INGEST_SECRET"], account_ids=account_ids,
                     tag=f"warmup{self.run_id}", events_per_s=20, duration_s=2)
         await load.run()
         wanted = {m.message_id for m in load.messages if m.delivered_acked_at is not None}
@@ -208,15 +210,19 @@ class Harness:
         if self.cluster_started:
             await self.config.cluster.down()
 
-    async def _new_account(self, token: str) -> str:
+    async def _new_accounts(self, token: str, n: int) -> list[str]:
+        """``n`` accounts whose webhooks all post to the receiver under ``token`` (one lane each)."""
         conn = await asyncpg.connect(self.config.database_url)
+        out = []
         try:
-            account_id, _ = await accounts.create_account(conn, f"chaos-{token}")
-            url = f"http://127.0.0.1:{self.services['receiver'].port}/hook/{token}"
-            await webhooks.create(conn, account_id, url, new_secret())
+            for k in range(n):
+                account_id, _ = await accounts.create_account(conn, f"chaos-{token}-{k}")
+                url = f"http://127.0.0.1:{self.services['receiver'].port}/hook/{token}"
+                await webhooks.create(conn, account_id, url, new_secret())
+                out.append(account_id)
         finally:
             await conn.close()
-        return account_id
+        return out
 
     async def unready(self) -> dict[str, str]:
         """Roles whose /readyz does not answer 200, with what it said."""
@@ -251,7 +257,7 @@ class Harness:
         cfg = self.config
         out = Outcome(sc.name, sc.description, hold_s=sc.hold_s)
         token = f"{sc.name}-{self.run_id}"
-        account_id = await self._new_account(token)
+        account_ids = await self._new_accounts(token, sc.endpoints)
         pending: dict[str, float] = {}  # message id -> when its receipt was acknowledged (insertion order)
         webhooked: dict[str, float] = {}  # message id -> first DELIVERED webhook's arrival
         acked_at: dict[str, float] = {}
@@ -262,7 +268,7 @@ class Harness:
             if m.message_id not in webhooked:
                 pending[m.message_id] = m.delivered_acked_at
 
-        load = Load(url=self.ingress_url, secret=self.env["QLARA_INGEST_SECRET"], account_id=account_id,
+        load = Load(url=self.ingress_url, secret=self.env["QLARA_INGEST_SECRET"], account_ids=account_ids,
                     tag=f"{sc.name}{self.run_id}", events_per_s=cfg.events_per_s, duration_s=cfg.duration_s,
                     per_request=cfg.per_request, on_delivered_ack=on_ack)
         marks: dict[str, float] = {}
@@ -352,7 +358,7 @@ class Harness:
         pool = await asyncpg.create_pool(cfg.database_url, min_size=1, max_size=2)
         try:
             out.accounting = await accounting.account(
-                pool, account_id=account_id, messages=load.messages,
+                pool, account_ids=account_ids, messages=load.messages,
                 deliveries=self.receiver_log.by_token.get(token, []), lag_projector=lags[0], lag_dispatcher=lags[1],
                 bootstrap=self.settings.kafka_bootstrap, topic=self.settings.topics.delivery_events)
         finally:

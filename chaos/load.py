@@ -17,7 +17,7 @@ import datetime as dt
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -67,12 +67,13 @@ class Load:
     acknowledged a second carries their receipts, as an upstream sender batching its callbacks would.
     """
 
-    def __init__(self, *, url: str, secret: str, account_id: str, tag: str, events_per_s: float, duration_s: float,
-                 per_request: int = 1, give_up_s: float = 120.0, max_attempts: int = 200,
+    def __init__(self, *, url: str, secret: str, account_ids: Sequence[str], tag: str, events_per_s: float,
+                 duration_s: float, per_request: int = 1, give_up_s: float = 120.0, max_attempts: int = 200,
                  on_delivered_ack: Callable[[Message], None] | None = None) -> None:
         self.url = f"{url}/ingest/v1/events"
         self.key = secret_key(secret)
-        self.account_id = account_id
+        #: Message i belongs to account i mod n (each account has a webhook of its own).
+        self.account_ids = list(account_ids)
         self.tag = tag
         self.messages_per_s = events_per_s / 2
         self.duration_s = duration_s
@@ -90,7 +91,8 @@ class Load:
 
     def _submitted(self, m: Message) -> dict[str, Any]:
         return {"type": "message.submitted", "id": m.submitted_id, "occurredAt": _iso_now(),
-                "accountId": self.account_id, "channel": "SMS", "messageId": m.message_id,
+                "accountId": self.account_ids[m.index % len(self.account_ids)], "channel": "SMS",
+                "messageId": m.message_id,
                 "customerMessageId": f"cust-{self.tag}-{m.index}", "provider": "twilio",
                 "providerMessageId": m.provider_message_id, "destination": "+393331112233", "parts": 1}
 

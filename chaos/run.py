@@ -152,7 +152,7 @@ async def main_async(args: argparse.Namespace) -> int:
                       heap="384m" if short else "512m")
     config = Config(
         short=short,
-        events_per_s=args.rate or (200.0 if short else 300.0),
+        events_per_s=args.rate or (200.0 if short else 1000.0),
         duration_s=args.duration or (12.0 if short else 60.0),
         fault_at_s=args.fault_at or (3.0 if short else 15.0),
         settle_s=45.0 if short else 150.0,
@@ -216,7 +216,7 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--short", action="store_true", help="the reduced version run by make test")
     p.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:55432/qlara_chaos")
-    p.add_argument("--rate", type=float, help="events per second (default 300, short 200)")
+    p.add_argument("--rate", type=float, help="events per second (default 1000, short 200)")
     p.add_argument("--duration", type=float, help="seconds of load per scenario (default 60, short 12)")
     p.add_argument("--fault-at", type=float, help="seconds into the load when the fault hits (default 15, short 3)")
     p.add_argument("--only", help="comma-separated scenario names (a partial run does not rewrite the report)")

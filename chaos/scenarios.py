@@ -1,4 +1,5 @@
-"""The faults, one at a time: a Kafka broker, the projector, PostgreSQL, the ingress, the partner receiver."""
+"""The faults, one at a time: a Kafka broker, the projector, PostgreSQL, the ingress, the dispatcher (during a
+load spread over 50 webhooks), the partner receiver."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ async def restart_broker(h: Harness) -> None:
     await h.config.cluster.start(_killed_broker.pop(h.run_id))
 
 
-def _kill(name: str) -> Scenario:
+def _kill(name: str, endpoints: int = 1) -> Scenario:
     async def fault(h: Harness) -> str:
         proc = h.services[name]
         pid = proc.pid
@@ -46,7 +47,9 @@ def _kill(name: str) -> Scenario:
     async def repair(h: Harness) -> None:
         await h.services[name].start()
 
-    return Scenario(name, f"kill -9 the {name} and restart it", fault, repair, hold_s=1.0)
+    spread = f" (messages spread over {endpoints} webhooks)" if endpoints > 1 else ""
+    return Scenario(name, f"kill -9 the {name} and restart it{spread}", fault, repair, hold_s=1.0,
+                    endpoints=endpoints)
 
 
 async def stop_postgres(_: Harness) -> str:
@@ -81,6 +84,7 @@ def full() -> list[Scenario]:
         Scenario("postgres", "restart PostgreSQL (postgres.sh stop, then start)", stop_postgres, start_postgres,
                  hold_s=0.0),
         _kill("ingress"),
+        _kill("dispatcher", endpoints=50),
         Scenario("receiver", "partner receiver down for 30 s", receiver_down, receiver_up, hold_s=30.0),
     ]
 
