@@ -156,6 +156,13 @@ async def wait_ready(port: int, proc: asyncio.subprocess.Process, path: str, wit
 async def service(ctx: Context, name: str, argv: Sequence[str], env: Mapping[str, str], port: int,
                   ready_path: str = "/readyz") -> AsyncIterator[Service]:
     """Start a server subprocess, wait until it is ready, stop it (SIGTERM, then SIGKILL) afterwards."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            # Its readiness would be someone else's, and the load would go to them.
+            raise RuntimeError(f"{name}: port {port} is already in use by another process")
     log = ctx.workdir / f"{name}.log"
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(*argv, env=dict(env), stdout=out, stderr=asyncio.subprocess.STDOUT,
@@ -379,9 +386,16 @@ def pids_named(comm: str, cmdline_has: str = "") -> list[int]:
     return out
 
 
-def shared_infra() -> dict[str, list[int]]:
-    """The shared PostgreSQL (every backend and helper process) and the Kafka broker."""
-    return {"postgres": pids_named("postgres"), "kafka": pids_named("java", "kafka.Kafka")}
+def shared_infra(database: str = DATABASE) -> dict[str, list[int]]:
+    """The shared PostgreSQL's processes that serve this bench (its background processes and the backends
+    connected to ``database`` now: open a scenario's pools before the meter starts) and the Kafka broker on
+    9092 (not other brokers, such as a failure test's cluster, that may run beside it)."""
+    pg = []
+    for pid in pids_named("postgres"):
+        args = _read(f"/proc/{pid}/cmdline").replace("\0", " ")
+        if not args.startswith("postgres: postgres ") or f" {database} " in args:
+            pg.append(pid)
+    return {"postgres": pg, "kafka": pids_named("java", "kafka/single/server.properties")}
 
 
 class CpuMeter:

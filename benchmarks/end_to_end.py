@@ -28,7 +28,6 @@ from benchmarks.common import (
     PORTS,
     Context,
     CpuMeter,
-    pids_named,
     progress,
     reset_database,
     role,
@@ -101,13 +100,9 @@ class Pipeline:
         progress(f"end_to_end: {rate}/s Twilio receipts for {seconds:g}s")
         names = sorted({self.owner[m] for m in mids})
         before = {name: set(await self.recv.fetch(name)) for name in names}
-        meter = CpuMeter({**self.pids, "generator": [os.getpid()], **shared_infra()})
+        meter = CpuMeter({**self.pids, "bench": [os.getpid()], **shared_infra()}, children_as="vegeta")
         meter.start()
-        task = asyncio.create_task(loadgen.run_step(self.ctx, f"end_to_end-{rate}", rate, seconds, targets))
-        # vegeta starts inside run_step: add it to the meter once it is there.
-        await asyncio.sleep(0.5)
-        meter.add("vegeta", pids_named("vegeta"))
-        step = await task
+        step = await loadgen.run_step(self.ctx, f"end_to_end-{rate}", rate, seconds, targets)
         wanted = {name: len(before[name]) + sum(1 for m in mids if self.owner[m] == name) for name in names}
         deadline = time.monotonic() + (10 if self.ctx.quick else 30)
         complete = True
