@@ -147,6 +147,8 @@ class Settings:
 
     log_level: str = "info"
     log_format: str = "json"
+    #: Run every command's event loop on uvloop (``QLARA_UVLOOP=true``); off by default: no measured gain yet.
+    uvloop: bool = False
 
     @property
     def base_url(self) -> str:
@@ -223,6 +225,7 @@ class Settings:
             rate_limit_plans=_plans(e, "QLARA_RATE_LIMIT_PLANS"),
             log_level=(opt("QLARA_LOG_LEVEL") or "info").lower(),
             log_format=log_format,
+            uvloop=_bool(e, "QLARA_UVLOOP", False),
         )
 
 
