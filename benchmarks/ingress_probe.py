@@ -4,8 +4,8 @@
               a fixed rate (open loop, latency from each request's scheduled time) and a closed loop of
               ``--concurrency`` workers (requests/s); CPU seconds of the ingress process per 1,000 requests
               from ``/proc/<pid>/stat``.
-``overload``  a low rate, then a burst far past ``QLARA_INGEST_MAX_IN_FLIGHT``, then the low rate again:
-              latency of the low rate in 250 ms windows after the burst stops, and what the burst got.
+``overload``  a low rate, then a burst far past ``QLARA_INGEST_MAX_IN_FLIGHT`` beside it: latency of the low
+              rate in windows after the burst stops sending, what the burst got and when its last answer came.
 
 For when vegeta (``make bench-tools``) is not at hand; the requests are the bench's own (``benchmarks/events.py``:
 signed canonical ``message.submitted`` events, one per request). Every phase is capped in requests and
@@ -176,15 +176,17 @@ async def probe_overload(ctx: Context, max_in_flight: int, args: argparse.Namesp
             aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
         before = await open_loop(http, svc.base, args.low_rate, 3.0)
         pool = targets(svc.base, MAX_REQUESTS_PER_PHASE)
-        low = asyncio.create_task(open_loop(http, svc.base, args.low_rate, args.burst_s + WINDOWS[-1][1]))
+        low = asyncio.create_task(open_loop(http, svc.base, args.low_rate, 0.5 + args.burst_s + WINDOWS[-1][1]))
         await asyncio.sleep(0.5)  # the low rate's targets are signed before the burst starts
+        stops = time.perf_counter() + args.burst_s  # the burst sends nothing new from here: the load drops
         burst = await _burst(http, pool, args.burst_concurrency, args.burst_s)
-        ended = time.perf_counter()
+        last_answer_s = time.perf_counter() - stops
         rows = await low
-    after = {f"{lo:+.2f}..{hi:+.2f}s": latency([r for r in rows if lo <= r[0] - ended < hi]) for lo, hi in WINDOWS}
+    after = {f"{lo:+.2f}..{hi:+.2f}s": latency([r for r in rows if lo <= r[0] - stops < hi]) for lo, hi in WINDOWS}
     return {"max_in_flight": max_in_flight, "low_rate": args.low_rate, "before": latency(before),
-            "burst": {"concurrency": args.burst_concurrency, "seconds": args.burst_s, "answers": burst},
-            "low_rate_by_window_after_burst_end": after}
+            "burst": {"concurrency": args.burst_concurrency, "seconds": args.burst_s, "answers": burst,
+                      "last_answer_after_stop_s": round(last_answer_s, 2)},
+            "low_rate_by_window_after_burst_stops": after}
 
 
 async def cmd_overload(ctx: Context, args: argparse.Namespace) -> dict[str, Any]:
