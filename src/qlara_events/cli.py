@@ -13,10 +13,10 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -24,9 +24,10 @@ from aiohttp import web
 from qlara_events import __version__, logs
 from qlara_events.config import ConfigError, Settings
 from qlara_events.kafka import ensure_topics
+from qlara_events.logs import get_logger
 from qlara_events.sandbox import Behaviour, Sandbox
 from qlara_events.secrets_box import parse_key
-from qlara_events.server import ROLES, build_app
+from qlara_events.server import HANDLER_CANCELLATION, ROLES, build_app
 from qlara_events.standard_webhooks import secret_key, signature_header
 from qlara_events.store import accounts, campaigns, inbox, partitions, socials
 from qlara_events.store.db import Conn, create_pool
@@ -42,6 +43,34 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 T = TypeVar("T")
 
+log = get_logger("cli")
+
+
+def new_event_loop(settings: Settings) -> asyncio.AbstractEventLoop:
+    """A new event loop for a command: uvloop's with ``QLARA_UVLOOP=true``, else the standard one.
+
+    Falls back to the standard loop where uvloop is not installed (it does not support Windows).
+    """
+    if settings.uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """``uvloop`` or ``asyncio``: the package whose loop runs (what the start-up log line reports)."""
+    return type(loop).__module__.partition(".")[0]
+
+
+def _run(settings: Settings, main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` to completion on a new loop of :func:`new_event_loop` (``asyncio.run`` otherwise)."""
+    with asyncio.Runner(loop_factory=lambda: new_event_loop(settings)) as runner:
+        return runner.run(main)
+
 
 async def _with_connection(settings: Settings, work: Callable[[Conn], Awaitable[T]]) -> T:
     """Run ``work`` on one connection of a pool of its own, then close the pool."""
@@ -55,7 +84,7 @@ async def _with_connection(settings: Settings, work: Callable[[Conn], Awaitable[
 
 def _on_db(settings: Settings, work: Callable[[Conn], Awaitable[T]]) -> T:
     """An operator command's ``work``, on one connection (see :func:`_with_connection`)."""
-    return asyncio.run(_with_connection(settings, work))
+    return _run(settings, _with_connection(settings, work))
 
 
 async def _migrate(settings: Settings) -> list[str]:
@@ -108,13 +137,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     key_file = Path(args.dev_key_file) if args.dev_key_file else None
     existing = key_file.read_text().strip() if key_file and key_file.exists() else None
-    asyncio.run(prepare())
+    # One loop for the preparation and the server (web.run_app closes it when the server stops).
+    loop = new_event_loop(settings)
+    log.info("event_loop", loop=loop_name(loop), uvloop_setting=settings.uvloop)
+    loop.run_until_complete(prepare())
     if key_file and dev_key and dev_key != existing:
         key_file.parent.mkdir(parents=True, exist_ok=True)
         key_file.write_text(dev_key + "\n")
         key_file.chmod(0o600)
     base = f"http://{settings.http_host}:{settings.http_port}"
-    banner = [f"qlara-events {__version__}: roles {', '.join(roles)}", f"base URL: {base}"]
+    banner = [f"qlara-events {__version__}: roles {', '.join(roles)}", f"base URL: {base}",
+              f"event loop: {loop_name(loop)}"]
     if dev_key:
         banner.append(f"development API key: {dev_key}")
     if args.dev:
@@ -125,19 +158,25 @@ def cmd_serve(args: argparse.Namespace) -> None:
         child_args = [*(["--dev"] if args.dev else []), "--delivery-rate", str(args.delivery_rate),
                       "--read-rate", str(args.read_rate), "--delay-ms", str(args.delay_ms)]
         banner[0] += " (one process each: ingress,api on the base port, projector and dispatcher on the next two)"
-        sys.exit(asyncio.run(supervise(settings.http_port, child_args, banner=banner, sandbox=args.sandbox)))
+        try:
+            status = loop.run_until_complete(supervise(settings.http_port, child_args, banner=banner,
+                                                       sandbox=args.sandbox))
+        finally:
+            loop.close()
+        sys.exit(status)
     behaviour = Behaviour(delivery_rate=args.delivery_rate, read_rate=args.read_rate,
                           delay_s=args.delay_ms / 1000) if args.sandbox else None
     app = build_app(settings, roles, sandbox=behaviour)
 
     def announce(_: str) -> None:
         if args.child:  # the supervisor prints the banner and the one ready line
-            print(f"{','.join(roles)}: listening on {base}", flush=True)
+            print(f"{','.join(roles)}: listening on {base} (event loop: {loop_name(loop)})", flush=True)
             return
         print("\n".join([*banner, f"ready on {base} (Ctrl-C to stop)"]), flush=True)
 
     web.run_app(app, host=settings.http_host, port=settings.http_port, print=announce,
-                shutdown_timeout=15, access_log=None, handle_signals=True)
+                shutdown_timeout=15, access_log=None, handle_signals=True, loop=loop,
+                handler_cancellation=HANDLER_CANCELLATION)
     if not args.child:
         print("stopped: in-flight requests finished, consumer offsets committed", flush=True)
 
@@ -146,10 +185,10 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     """Apply pending database migrations (and create Kafka topics with --topics)."""
     settings = _settings(args)
     logs.configure(settings.log_level, settings.log_format)
-    applied = asyncio.run(_migrate(settings))
+    applied = _run(settings, _migrate(settings))
     print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
     if args.topics:
-        asyncio.run(ensure_topics(settings))
+        _run(settings, ensure_topics(settings))
         print(f"topics ready: {', '.join(settings.topics.all())}")
 
 
@@ -251,11 +290,12 @@ def cmd_sandbox(args: argparse.Namespace) -> None:
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
+        log.info("event_loop", loop=loop_name(loop), uvloop_setting=settings.uvloop)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, sandbox.stop)
         await sandbox.run()
 
-    asyncio.run(run())
+    _run(settings, run())
     print(f"sandbox stopped after {sandbox.processed} send requests")
 
 

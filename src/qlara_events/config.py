@@ -109,6 +109,10 @@ class Settings:
     #: How long a request waits for Kafka to acknowledge its events before answering 503.
     ingest_produce_timeout_s: float = 10.0
     ingest_retry_after_s: int = 5
+    #: Ingest requests one process works on at once; past it the next one is answered 503 at once.
+    ingest_max_in_flight: int = 1000
+    #: ``Retry-After`` (s) of that 503: the cap frees up as soon as the requests in flight are answered.
+    ingest_overload_retry_after_s: int = 1
 
     projector_batch_max: int = 1000
     projector_batch_wait_ms: int = 50
@@ -153,6 +157,8 @@ class Settings:
 
     log_level: str = "info"
     log_format: str = "json"
+    #: Run every command's event loop on uvloop (``QLARA_UVLOOP=true``); off by default: no measured gain yet.
+    uvloop: bool = False
 
     @property
     def base_url(self) -> str:
@@ -202,6 +208,7 @@ class Settings:
             rbm_client_token=opt("QLARA_RBM_CLIENT_TOKEN"),
             jasmin_token=opt("QLARA_JASMIN_TOKEN"),
             ingest_produce_timeout_s=_float(e, "QLARA_INGEST_PRODUCE_TIMEOUT", 10.0, 0.1, 300.0),
+            ingest_max_in_flight=_int(e, "QLARA_INGEST_MAX_IN_FLIGHT", 1000, 1, 1_000_000),
             projector_batch_max=_int(e, "QLARA_PROJECTOR_BATCH_MAX", 1000, 1, 100_000),
             projector_batch_wait_ms=_int(e, "QLARA_PROJECTOR_BATCH_WAIT_MS", 50, 0, 60_000),
             consumer_group_projector=opt("QLARA_PROJECTOR_GROUP") or "qlara-projector",
@@ -231,6 +238,7 @@ class Settings:
             rate_limit_plans=_plans(e, "QLARA_RATE_LIMIT_PLANS"),
             log_level=(opt("QLARA_LOG_LEVEL") or "info").lower(),
             log_format=log_format,
+            uvloop=_bool(e, "QLARA_UVLOOP", False),
         )
 
 

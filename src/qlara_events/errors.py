@@ -97,3 +97,7 @@ class Unavailable(QlaraError):
     def __init__(self, message: str, *, retry_after: int = 5) -> None:
         super().__init__(message, retryAfter=retry_after)
         self.retry_after = retry_after
+
+
+class Overloaded(Unavailable):
+    """This process is already working on as many requests as it admits; retry after ``retry_after`` s."""

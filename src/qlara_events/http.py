@@ -2,10 +2,15 @@
 
 One middleware translates :class:`~qlara_events.errors.QlaraError` (and aiohttp's own HTTP errors) into the
 JSON body ``{"status", "error", "message"}``; views never build error responses themselves.
+
+The server cancels a request's task when its client disconnects (``server.HANDLER_CANCELLATION``); only views
+marked with :func:`cancel_on_disconnect` (the ingress's) are stopped by that, every other view runs to its end
+as if the client were still there (:func:`finish_unless_cancellable`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -28,6 +33,23 @@ ReadinessCheck = Callable[[], Awaitable[None]]
 
 READINESS_CHECKS: Final = web.AppKey("readiness_checks", list[tuple[str, ReadinessCheck]])
 ROLE: Final = web.AppKey("role", str)
+
+#: Status recorded (metrics, log) for a request cancelled before it was answered: its client went away.
+CLIENT_GONE: Final = 499
+
+_CANCELLABLE: Final[set[Handler]] = set()
+#: Tasks of views that run on after their client left (strong references until they end).
+_RUNNING_ON: Final[set[asyncio.Task[web.StreamResponse]]] = set()
+
+
+def cancel_on_disconnect(view: Handler) -> Handler:
+    """Mark ``view`` as one to stop (``CancelledError`` at its current ``await``) when its client disconnects.
+
+    Only for views that are safe to abandon anywhere: nothing acknowledged, nothing half-written that a retry
+    would not redo (the ingress: an unanswered request is retried, and event ids deduplicate).
+    """
+    _CANCELLABLE.add(view)
+    return view
 
 
 def json_response(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -60,6 +82,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         return response
     except web.HTTPException as exc:
         status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = CLIENT_GONE
         raise
     finally:
         elapsed = time.perf_counter() - started
@@ -98,6 +123,21 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return error_response(500, "internal error; retry after a short delay")
 
 
+@web.middleware
+async def finish_unless_cancellable(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Run a view not marked :func:`cancel_on_disconnect` to its end even if its client disconnects.
+
+    The view runs in a task of its own, shielded: a disconnect cancels only the wait for it (the request is
+    recorded with status 499), as before the server cancelled handlers at all.
+    """
+    if request.match_info.handler in _CANCELLABLE:
+        return await handler(request)
+    task = asyncio.ensure_future(handler(request))
+    _RUNNING_ON.add(task)
+    task.add_done_callback(_RUNNING_ON.discard)
+    return await asyncio.shield(task)
+
+
 async def metrics_view(request: web.Request) -> web.Response:
     """Prometheus exposition."""
     body, content_type = metrics.render()
@@ -126,7 +166,8 @@ async def readyz(request: web.Request) -> web.Response:
 def base_app(role: str) -> web.Application:
     """An application with the shared middleware and the operational routes."""
     # client_max_size is a backstop: ingest views enforce their own, smaller limits while streaming.
-    app = web.Application(middlewares=[request_context, errors_as_json], client_max_size=64 * 1024 * 1024)
+    app = web.Application(middlewares=[request_context, errors_as_json, finish_unless_cancellable],
+                          client_max_size=64 * 1024 * 1024)
     app[ROLE] = role
     app[READINESS_CHECKS] = []
     app.router.add_get("/metrics", metrics_view)

@@ -22,8 +22,18 @@ HTTP_LATENCY = Histogram(
 INGEST_REQUESTS = Counter(
     "qlara_ingest_requests_total",
     "Ingest requests by provider (or 'canonical') and outcome "
-    "(accepted, handshake, unauthorized, rejected, too_large, unavailable, disabled).",
+    "(accepted, handshake, unauthorized, rejected, too_large, unavailable, disabled, abandoned: the client "
+    "went away, or the server stopped, before the answer).",
     ["provider", "outcome"],
+)
+INGEST_OVERLOADED = Counter(
+    "qlara_ingest_overloaded_total",
+    "Ingest requests refused with 503 at once because the process already had QLARA_INGEST_MAX_IN_FLIGHT "
+    "in flight, by provider (or 'canonical').",
+    ["provider"],
+)
+INGEST_IN_FLIGHT = Gauge(
+    "qlara_ingest_in_flight_requests", "Ingest requests this process is working on (admitted, not yet answered)."
 )
 INGEST_EVENTS = Counter(
     "qlara_ingest_events_total", "Events accepted into Kafka by provider, channel and event type.",

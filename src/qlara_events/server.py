@@ -27,6 +27,11 @@ from qlara_events.store.db import create_pool
 
 ROLES: Final = ("ingress", "api", "projector", "dispatcher")
 
+#: The server cancels a request's handler when its client disconnects (aiohttp's ``handler_cancellation``):
+#: the ingress's views stop at once and free their admission slot; every other view is shielded from it and
+#: runs to its end, as it did before (``http.finish_unless_cancellable``). Passed by ``cli`` and the tests.
+HANDLER_CANCELLATION: Final = True
+
 log = get_logger("server")
 _ = (api, ingress)  # -- the packages document the roles; keep their imports explicit
 

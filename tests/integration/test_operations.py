@@ -10,7 +10,9 @@ import sys
 
 import asyncpg
 import orjson
+import pytest
 
+from support.isolated import free_port
 from support.live import post_events, submitted, wait_until
 
 
@@ -73,3 +75,27 @@ class TestCli:
         out = subprocess.run([sys.executable, "-m", "qlara_events.cli", "migrate"], env=env, check=True,
                              capture_output=True, timeout=60, text=True).stdout
         assert "up to date" in out
+
+    @pytest.mark.parametrize(("setting", "loop"), [("true", "uvloop"), ("false", "asyncio")])
+    async def test_serve_runs_and_reports_the_chosen_event_loop(self, settings, setting: str, loop: str) -> None:
+        """`serve` runs on uvloop unless QLARA_UVLOOP=false, and says which loop in its start-up lines and log."""
+        port = free_port()
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("QLARA_")},
+               "QLARA_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "QLARA_KAFKA_TOPIC_PREFIX": settings.topics.prefix,
+               "QLARA_HTTP_PORT": str(port), "QLARA_UVLOOP": setting, "QLARA_LOG_LEVEL": "info"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "qlara_events.cli", "serve", "--role", "ingress", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            lines: list[str] = []
+            while not lines or not lines[-1].startswith("ready on"):
+                line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+                assert line, f"serve exited: {lines}"
+                lines.append(line.strip())
+            assert f"event loop: {loop}" in lines
+        finally:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 30)
+        logged = [orjson.loads(raw) for raw in (await proc.stderr.read()).splitlines() if raw.startswith(b"{")]
+        assert {"event": "event_loop", "loop": loop} in [{k: e.get(k) for k in ("event", "loop")} for e in logged]

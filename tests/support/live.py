@@ -28,20 +28,23 @@ class LiveServer:
 
     url: str
     settings: Settings
+    #: The application, for tests that look at in-process state (None for a server in another process).
+    app: web.Application | None = None
 
 
 @contextlib.asynccontextmanager
 async def serve(settings: Settings, roles: Sequence[str]) -> AsyncIterator[LiveServer]:
     """Run ``roles`` in this process on a free loopback port."""
-    from qlara_events.server import build_app
+    from qlara_events.server import HANDLER_CANCELLATION, build_app
 
-    runner = web.AppRunner(build_app(settings, roles), shutdown_timeout=5)
+    app = build_app(settings, roles)
+    runner = web.AppRunner(app, shutdown_timeout=5, handler_cancellation=HANDLER_CANCELLATION)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # -- started site has a server
     try:
-        yield LiveServer(f"http://127.0.0.1:{port}", settings)
+        yield LiveServer(f"http://127.0.0.1:{port}", settings, app)
     finally:
         await runner.cleanup()
 

@@ -167,7 +167,8 @@ def build() -> dict[str, Any]:
                 "401": _error("Missing or invalid Standard Webhooks signature"),
                 "404": _error("Canonical ingest disabled (QLARA_INGEST_SECRET unset)"),
                 "413": _error("Over 1 MiB or 1,000 events"),
-                "503": _error("Kafka did not acknowledge; retry after Retry-After seconds"),
+                "503": _error("Kafka did not acknowledge, or this process is at QLARA_INGEST_MAX_IN_FLIGHT "
+                              "requests in flight (answered at once); retry after Retry-After seconds"),
             },
         }},
         "/ingest/v1/providers/{provider}": {
@@ -185,7 +186,8 @@ def build() -> dict[str, Any]:
                     "403": _error("Handshake with a wrong verify token"),
                     "404": _error("Provider not enabled (its secret is unset)"),
                     "413": _error("Body too large"),
-                    "503": _error("Kafka did not acknowledge; retry"),
+                    "503": _error("Kafka did not acknowledge, or the process is at its limit of requests in "
+                                  "flight; retry after Retry-After seconds"),
                 },
             } for method in ("get", "post")
         },

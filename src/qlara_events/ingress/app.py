@@ -3,13 +3,21 @@
 ``POST /ingest/v1/events``                      canonical events from the upstream senders
 ``GET|POST /ingest/v1/providers/{provider}``    provider-native callbacks (providers/ verifies and normalises)
 
-Order of checks, the same on every route: size (413) → authenticity (401, counted, never stored) →
-format (400, raw payload kept in ``qlara.ingest-rejected``) → produce and wait for acks (503 if Kafka
-does not acknowledge) → 2xx.
+Order of checks, the same on every route: admission (503 at once past ``QLARA_INGEST_MAX_IN_FLIGHT``
+requests in flight in this process) → size (413) → authenticity (401, counted, never stored) → format (400,
+raw payload kept in ``qlara.ingest-rejected``) → produce and wait for acks (503 if Kafka does not
+acknowledge) → 2xx.
+
+A request counts against the cap from the moment its view starts (headers read; a body still arriving holds
+its slot) until it is answered or abandoned. A client that disconnects stops its request where it is
+waiting (:func:`~qlara_events.http.cancel_on_disconnect`): it was never acknowledged, so its sender retries,
+and whatever of it already reached Kafka is deduplicated downstream by event id.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import AsyncIterator
@@ -20,8 +28,16 @@ from aiohttp import web
 from qlara_events import metrics
 from qlara_events.config import Settings
 from qlara_events.domain.events import Event
-from qlara_events.errors import InvalidEvent, NotFound, PayloadTooLarge, QlaraError, Unauthorized, Unavailable
-from qlara_events.http import READINESS_CHECKS, json_response, read_body
+from qlara_events.errors import (
+    InvalidEvent,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    QlaraError,
+    Unauthorized,
+    Unavailable,
+)
+from qlara_events.http import READINESS_CHECKS, Handler, cancel_on_disconnect, json_response, read_body
 from qlara_events.ingress.canonical import decode_events
 from qlara_events.ingress.publisher import Publisher
 from qlara_events.logs import get_logger
@@ -35,6 +51,18 @@ PUBLISHER: Final = web.AppKey("publisher", Publisher)
 PROVIDERS: Final = web.AppKey("providers", dict[str, Provider])
 SETTINGS: Final = web.AppKey("ingress_settings", Settings)
 INGEST_KEY: Final = web.AppKey("ingest_key", bytes)
+
+
+@dataclasses.dataclass(slots=True)
+class Admission:
+    """How many ingest requests this process is working on, and how many it admits at once."""
+
+    limit: int
+    retry_after_s: int
+    in_flight: int = 0
+
+
+ADMISSION: Final = web.AppKey("ingest_admission", Admission)
 
 #: Meta documents WhatsApp webhook payloads up to 3 MB; the other providers send far less.
 PROVIDER_BODY_LIMIT: Final = 4 * 1024 * 1024
@@ -125,6 +153,41 @@ async def provider_callback(request: web.Request) -> web.StreamResponse:
 _KNOWN: Final = frozenset({"twilio", "vonage", "infobip", "whatsapp", "rbm", "jasmin"})
 
 
+def _via(request: web.Request) -> str:
+    """The metrics label of an ingest request: ``canonical``, a known provider, or ``unknown``."""
+    name = request.match_info.get("provider")
+    if name is None:
+        return "canonical"
+    return name if name in _KNOWN else "unknown"
+
+
+def admitted(view: Handler) -> Handler:
+    """``view`` behind the process's in-flight cap, and stopped when its client disconnects.
+
+    Past the cap the answer is an immediate 503 with ``Retry-After`` (nothing read, nothing produced).
+    """
+
+    async def admit(request: web.Request) -> web.StreamResponse:
+        gate = request.app[ADMISSION]
+        if gate.in_flight >= gate.limit:
+            metrics.INGEST_OVERLOADED.labels(_via(request)).inc()
+            raise Overloaded(f"the ingress is at its limit of {gate.limit} requests in flight; "
+                             f"retry after {gate.retry_after_s} s", retry_after=gate.retry_after_s)
+        gate.in_flight += 1
+        metrics.INGEST_IN_FLIGHT.inc()
+        try:
+            return await view(request)
+        except asyncio.CancelledError:
+            metrics.INGEST_REQUESTS.labels(_via(request), "abandoned").inc()
+            raise
+        finally:
+            gate.in_flight -= 1
+            metrics.INGEST_IN_FLIGHT.dec()
+
+    admit.__doc__ = view.__doc__
+    return cancel_on_disconnect(admit)
+
+
 async def _publish(via: str, events: list[Event], received_at: dt.datetime, app: web.Application) -> None:
     try:
         await get_publisher(app).publish(events, via=via, received_at=received_at)
@@ -148,6 +211,7 @@ async def _reject(via: str, exc: QlaraError, request: web.Request, headers: dict
 def setup(app: web.Application, settings: Settings) -> None:
     """Add the ingress routes and its Kafka publisher to ``app``."""
     app[SETTINGS] = settings
+    app[ADMISSION] = Admission(settings.ingest_max_in_flight, settings.ingest_overload_retry_after_s)
     app[PROVIDERS] = build_providers(
         twilio_auth_token=settings.twilio_auth_token,
         vonage_signature_secret=settings.vonage_signature_secret,
@@ -170,6 +234,7 @@ def setup(app: web.Application, settings: Settings) -> None:
 
     app.cleanup_ctx.append(publisher_ctx)
     app[READINESS_CHECKS].append(("kafka", publisher.check))
-    app.router.add_post("/ingest/v1/events", canonical_events)
-    app.router.add_route("GET", "/ingest/v1/providers/{provider}", provider_callback)
-    app.router.add_route("POST", "/ingest/v1/providers/{provider}", provider_callback)
+    callback = admitted(provider_callback)
+    app.router.add_post("/ingest/v1/events", admitted(canonical_events))
+    app.router.add_route("GET", "/ingest/v1/providers/{provider}", callback)
+    app.router.add_route("POST", "/ingest/v1/providers/{provider}", callback)
