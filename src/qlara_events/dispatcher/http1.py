@@ -26,7 +26,7 @@ import dataclasses
 import ssl
 import time
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, cast
 
 import yarl
 
@@ -64,8 +64,8 @@ class _Conn(asyncio.Protocol):
         self.got_bytes = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it: no isinstance check.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data

@@ -164,3 +164,34 @@ class TestFailures:
             await p.post(yarl.URL(f"http://localhost:{s.port}/x"), [], b"{}")
         assert s.connections == 0
         p.close()
+
+
+class TestUvloop:
+    """The client runs on uvloop too (QLARA_UVLOOP), whose transports are not asyncio.Transport subclasses."""
+
+    def test_exchange_on_uvloop(self) -> None:
+        """A POST and a reuse of its connection on a uvloop event loop."""
+        uvloop = pytest.importorskip("uvloop")
+
+        async def scenario() -> tuple[int, int, int]:
+            s = Server(lambda _: OK)
+            srv = await asyncio.start_server(s.handle, "127.0.0.1", 0)
+            s.port = srv.sockets[0].getsockname()[1]
+            p = pool()
+            try:
+                a = await p.post(url(s), [], b"{}")
+                b = await p.post(url(s), [], b"{}")
+                return a.status, b.status, s.connections
+            finally:
+                p.close()
+                for w in s.writers:
+                    w.close()
+                    await w.wait_closed()
+                srv.close()
+                await srv.wait_closed()
+
+        loop = uvloop.new_event_loop()
+        try:
+            assert loop.run_until_complete(scenario()) == (204, 204, 1)
+        finally:
+            loop.close()
