@@ -233,7 +233,7 @@ class TestDelivery:
         verify(old, got)
         verify(rotated["signingSecret"], got)
 
-    async def test_deleted_webhook_drops_queued(self, http, server, account, receiver) -> None:
+    async def test_deleted_webhook_drops_queued(self, http, server, db, account, receiver) -> None:
         """Deliveries queued for a deleted webhook are dropped, not sent to a later URL."""
         token = uid()
         await register(http, server, account, receiver.endpoint("fail", token))
@@ -247,6 +247,17 @@ class TestDelivery:
         await post_events(http, server, marker)
         [got] = await receiver.wait_for(later, 1)
         assert got.json["messageId"] == marker[0]["messageId"]
+
+        async def logged() -> list[dict[str, Any]]:
+            return [d for d in await deliveries(http, server, account) if d["status"] == "succeeded"]
+
+        await wait_until(logged, what="the marker's delivery logged")
+        # The old webhook's failing delivery was deleted with it (nothing is left to retry): the new webhook's
+        # log holds the marker only, and nothing else reached the new URL.
+        assert [d["messageId"] for d in await deliveries(http, server, account)] == [marker[0]["messageId"]]
+        assert await db.fetchval("select count(*) from webhook_deliveries d join webhooks w using (webhook_id)"
+                                 " where w.account_id = $1", account.id) == 1
+        assert len(receiver.requests[later]) == 1
 
 
 class TestIsolation:
