@@ -250,3 +250,48 @@ class TestUnreadable:
                               s.topics.status_changes, first, end)
         assert [r["offset"] for r in rows] == list(range(first, end - 1))
         assert rows[0]["value"] == b"\xff not json" and all(r["error"] for r in rows)
+
+
+class TestSsrfAtDelivery:
+    """The guard runs at delivery, not only at registration: a webhook whose host is (or has come to resolve to)
+    a forbidden address is refused by the dispatcher with no connection made."""
+
+    async def test_forbidden_destination_refused_on_attempt(self, infra, db, receiver) -> None:
+        """With production's empty allow-list, webhooks stored for 127.0.0.1 and for localhost (as after a DNS
+        change) get a 'forbidden destination' attempt; the receiver sees no request."""
+        from qlara_events.kafka import ensure_topics
+        from qlara_events.standard_webhooks import new_secret
+        from qlara_events.store import webhooks
+
+        from support.live import serve
+        from support.settings import make_settings
+
+        strict = make_settings(*infra, QLARA_WEBHOOK_ALLOWED_NETWORKS="", QLARA_WEBHOOK_REQUIRE_HTTPS="false",
+                               QLARA_WEBHOOK_RETRY_SCHEDULE="0")
+        await ensure_topics(strict)
+        port = receiver.url.rsplit(":", 1)[1]
+        cases = {}
+        for host in ("127.0.0.1", "localhost"):
+            account = await new_account(db)
+            token = uid()
+            # Written directly: the API would refuse the URL at registration; this is the URL a host resolves
+            # to later (DNS rebinding), or one registered before the allow-list changed.
+            await webhooks.create(db, account.id, f"http://{host}:{port}/ok/{token}", new_secret())
+            cases[host] = (account, token)
+        async with serve(strict, ["dispatcher"]):
+            p = AIOKafkaProducer(bootstrap_servers=strict.kafka_bootstrap)
+            await p.start()
+            try:
+                for account, _ in cases.values():
+                    await produce(p, strict.topics.status_changes, [change(account.id)])
+            finally:
+                await p.stop()
+            for host, (account, token) in cases.items():
+                async def refused(a=account) -> Any:
+                    return await db.fetchrow("select state, last_error from webhook_deliveries where account_id = $1"
+                                             " and last_error is not null", a.id)
+
+                row = await wait_until(refused, what=f"attempt to {host} refused")
+                assert row["last_error"].startswith("forbidden destination"), row["last_error"]
+                assert row["state"] == "dead"  # the one-attempt schedule is exhausted
+                assert receiver.requests[token] == []
