@@ -203,6 +203,24 @@ async def role(ctx: Context, scenario: str, role_name: str, **extra_env: str) ->
         yield svc
 
 
+@contextlib.asynccontextmanager
+async def make_run(ctx: Context, scenario: str, base_port: int) -> AsyncIterator[dict[str, list[int]]]:
+    """``serve --role all --processes`` (what ``make run`` starts) for ``scenario``; once every child is ready,
+    yields their pids by role (and the supervisor's), for a CpuMeter."""
+    await ensure_topics(Settings(kafka_bootstrap=KAFKA, topics=Topics(ctx.prefix(scenario))))
+    env = ctx.env(scenario, QLARA_HTTP_PORT=str(base_port), QLARA_PUBLIC_BASE_URL=f"http://127.0.0.1:{base_port}")
+    argv = [str(BIN / "qlara-events"), "serve", "--role", "all", "--processes"]
+    async with service(ctx, f"{scenario}-make-run", argv, env, base_port) as sup:
+        for port in (base_port + 1, base_port + 2):
+            await wait_ready(port, sup.proc, "/readyz")
+        procs: dict[str, list[int]] = {"supervisor": [sup.pid]}
+        for p in _read(f"/proc/{sup.pid}/task/{sup.pid}/children").split():
+            args = _read(f"/proc/{p}/cmdline").split("\0")
+            name = args[args.index("--role") + 1] if "--role" in args else f"child-{p}"
+            procs[name] = [int(p)]
+        yield procs
+
+
 # ------------------------------------------------------------------------------------------------ stats
 
 

@@ -28,6 +28,7 @@ from benchmarks.common import (
     PORTS,
     Context,
     CpuMeter,
+    make_run,
     progress,
     reset_database,
     role,
@@ -35,10 +36,14 @@ from benchmarks.common import (
     summarize_ms,
 )
 from benchmarks.receiver import Receiver
+from qlara_events.config import Settings, Topics
+from qlara_events.kafka import ensure_topics
 
 TARGET = "p99 <= 250 ms at 1,000 receipts/s over 50 endpoints; highest sustained rate >= 1,500/s"
 RATE = 1000
 ENDPOINTS = 50
+#: Base port of the make-run shape (ingress,api there, projector and dispatcher on the next two).
+RUN_PORT = 18480
 P99_LIMIT_MS = 250.0
 
 
@@ -136,6 +141,21 @@ class Pipeline:
                 "cpu": cpu}
 
 
+async def _make_run_phase(ctx: Context, recv: Receiver, owner: dict[str, str], pairs: list[tuple[str, str]],
+                          run_pairs: list[tuple[str, str]], mids: list[str], seconds: float) -> dict[str, Any]:
+    """The same 1,000/s against `make run`'s shape: `serve --role all --processes` (one supervisor, a process
+    per role), on its own topics and consumer groups, the same database, accounts and receivers."""
+    progress(f"end_to_end: pre-submitting {len(run_pairs)} messages for the make-run shape")
+    await ensure_topics(Settings(kafka_bootstrap=KAFKA, topics=Topics(ctx.prefix("e2erun"))))
+    await _presubmit(ctx.prefix("e2erun") + "qlara.delivery-events", run_pairs)
+    async with make_run(ctx, "e2erun", RUN_PORT) as sup:
+        rows = await _wait_rows(ctx.database_url, len(pairs) + len(run_pairs), 300)
+        if rows < len(pairs) + len(run_pairs):
+            raise RuntimeError(f"make run shape: only {rows}/{len(pairs) + len(run_pairs)} submissions projected")
+        pipe = Pipeline(ctx, recv, f"http://127.0.0.1:{RUN_PORT}", owner, {**sup, "receivers": [recv.pid]})
+        return await pipe.phase(mids, RATE, seconds)
+
+
 async def run(ctx: Context, shared: dict[str, Any]) -> dict[str, Any]:
     """Pre-submit the messages; light rate, 1,000/s, then rising rates."""
     seconds = 5.0 if ctx.quick else 30.0
@@ -143,7 +163,7 @@ async def run(ctx: Context, shared: dict[str, Any]) -> dict[str, Any]:
     search = [1500] if ctx.quick else [1250, 1500, 2000, 2500, 3000]
     step_s = 5.0 if ctx.quick else 15.0
     sizes = {"light": int(light_rate * light_s), "main": int(RATE * seconds),
-             **{f"s{r}": int(r * step_s) for r in search}}
+             **{f"s{r}": int(r * step_s) for r in search}, "run": int(RATE * seconds)}
     await reset_database(ctx, "e2e")
     recv = Receiver()
     async with recv.serve(PORTS["receiver"]) as base:
@@ -157,10 +177,11 @@ async def run(ctx: Context, shared: dict[str, Any]) -> dict[str, Any]:
         mids = {phase: [events.unique(phase) for _ in range(n)] for phase, n in sizes.items()}
         owner: dict[str, str] = {}
         pairs: list[tuple[str, str]] = []
+        run_pairs: list[tuple[str, str]] = []
         for phase, ms in mids.items():
             for m, account in zip(ms, zipf_accounts(accounts, len(ms), seed=sum(map(ord, phase))), strict=True):
                 owner[m] = name_of[account]
-                pairs.append((account, m))
+                (run_pairs if phase == "run" else pairs).append((account, m))
         progress(f"end_to_end: pre-submitting {len(pairs)} messages for {ENDPOINTS} endpoints (Zipf)")
         await _presubmit(ctx.prefix("e2e") + "qlara.delivery-events", pairs)
         async with role(ctx, "e2e", "projector") as proj, role(ctx, "e2e", "dispatcher") as disp, \
@@ -178,19 +199,25 @@ async def run(ctx: Context, shared: dict[str, Any]) -> dict[str, Any]:
                 steps.append(await pipe.phase(mids[f"s{r}"], r, step_s))
                 if not steps[-1]["sustained"]:
                     break
-            await recv.refresh()
-            await recv.verify_all()
+        try:
+            as_make_run = await _make_run_phase(ctx, recv, owner, pairs, run_pairs, mids["run"], seconds)
+        except Exception as exc:  # -- the other phases' figures must survive a failure of this one
+            progress(f"end_to_end: the make-run phase failed: {exc!r}")
+            as_make_run = {"error": f"{type(exc).__name__}: {exc}"[:500], "sustained": False}
+        await recv.refresh()
+        await recv.verify_all()
     best = max([p["rate_per_s"] for p in (main, *steps) if p["sustained"]], default=None)
     p99 = main["p99_ms"]
     met = bool(main["sustained"]) and at_light["p50_ms"] is not None and at_light["p50_ms"] <= 50 \
-        and recv.bad_signatures == 0
+        and bool(as_make_run["sustained"]) and recv.bad_signatures == 0
     return {
         "value": p99, "unit": f"ms p99 at {RATE:,} Twilio receipts/s over {ENDPOINTS} endpoints, POST scheduled -> "
                               "verified webhook", "baseline": None,
         "ratio": None, "target": TARGET, "met": met, **main, "highest_sustained_rate": best,
-        "rising_steps": steps, "at_light_rate": at_light, "duplicates": recv.duplicates,
+        "rising_steps": steps, "at_light_rate": at_light, "as_make_run": as_make_run, "duplicates": recv.duplicates,
         "bad_signatures": recv.bad_signatures, "verified": recv.verified, "endpoints": ENDPOINTS,
         "method": "latency = webhook arrival - the receipt's scheduled send time; sustained = every scheduled "
                   "receipt accepted and its webhook arrived, p99 <= 250 ms, the last tenth's p50 <= 2x the first "
-                  "tenth's; met = 1,000/s sustained and p50 <= 50 ms at the light rate",
+                  "tenth's; met = 1,000/s sustained (bench roles and make run's shape) and p50 <= 50 ms at the light "
+                  "rate",
     }

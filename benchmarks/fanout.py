@@ -19,6 +19,8 @@ import statistics
 import time
 from typing import Any
 
+import aiohttp
+
 from benchmarks import partners, profiling
 from benchmarks.common import PORTS, Context, CpuMeter, progress, reset_database, role, shared_infra, summarize_ms
 from benchmarks.receiver import Receiver
@@ -31,6 +33,18 @@ PAIRS = 3
 def sizes(quick: bool) -> tuple[int, int, int, float]:
     """Burst size, isolation burst size, most changes/s of the paced phases, and their seconds."""
     return (6_000, 2_000, 300, 4.0) if quick else (30_000, 8_000, 500, 10.0)
+
+
+async def _intake_paths(base: str) -> dict[str, float]:
+    """What the dispatcher's intake did with the changes so far (qlara_webhook_intake_total by path)."""
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as r:
+        text = await r.text()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("qlara_webhook_intake_total{"):
+            path = line.split('path="', 1)[1].split('"', 1)[0]
+            out[path] = float(line.rsplit(" ", 1)[1])
+    return out
 
 
 async def _burst(recv: Receiver, producer: Any, topic: str, records: list[dict[str, Any]],
@@ -85,7 +99,9 @@ async def run(ctx: Context, shared: dict[str, Any]) -> dict[str, Any]:
                     meter.start()
                     throughput, complete = await _burst(recv, producer, topic, records, targets, 180)
                     cpu = meter.stop(burst_n)
-                progress(f"  burst: {throughput:.0f}/s, complete {complete}; CPU-ms/1k {cpu['cpu_ms_per_1k']}")
+                paths = await _intake_paths(disp.base)
+                progress(f"  burst: {throughput:.0f}/s, complete {complete}; CPU-ms/1k {cpu['cpu_ms_per_1k']}; "
+                         f"intake {paths}")
 
                 iso: list[dict[str, Any]] = []
                 for pair in range(PAIRS):
@@ -139,7 +155,7 @@ async def run(ctx: Context, shared: dict[str, Any]) -> dict[str, Any]:
     return {
         "value": round(throughput, 1), "unit": "deliveries/s (one dispatcher, 4 healthy receivers)",
         "baseline": None, "ratio": None, "target": TARGET, "met": met,
-        "burst": burst_n, "burst_complete": complete, "cpu": cpu,
+        "burst": burst_n, "burst_complete": complete, "cpu": cpu, "intake_paths_after_burst": paths,
         "isolation_throughput": {"pairs": iso, "min_ratio": keep,
                                  "median_ratio": statistics.median(ratios) if ratios else None,
                                  "spread": round(max(ratios) - min(ratios), 3) if ratios else None},
