@@ -207,7 +207,13 @@ select * from unnest($1::text[], $2::timestamptz[], $3::text[], $4::bigint[])
 on conflict (campaign_id, hour, status) do update set count = campaign_counters.count + excluded.count
 """
 
+#: Also deletes the rows of earlier transitions the projector has since produced from memory and had
+#: acknowledged (``$4``; rows another relay holds are left to it): see projector/outbox.py.
 SQL_OUTBOX: Final = """
+with forgotten as (
+    delete from status_outbox where id in
+        (select id from status_outbox where change_id = any($4::text[]) for update skip locked)
+)
 insert into status_outbox (change_id, topic, payload)
 select v.change_id, $3, v.payload from unnest($1::text[], $2::jsonb[]) as v(change_id, payload)
 on conflict (change_id) do nothing
@@ -224,10 +230,12 @@ class _Row:
     part: int | None = None
 
 
-async def apply_batch(conn: Conn, batch: Sequence[Incoming], *, status_topic: str) -> BatchResult:
+async def apply_batch(conn: Conn, batch: Sequence[Incoming], *, status_topic: str,
+                      relayed: Sequence[str] = ()) -> BatchResult:
     """Apply ``batch`` in one transaction; replaying a batch (or any part of it) changes nothing.
 
-    Transitions are queued in the outbox for ``status_topic``.
+    Transitions are queued in the outbox for ``status_topic``; the outbox rows of ``relayed`` (change ids
+    already acknowledged by Kafka) are deleted in the same transaction.
     """
     result = BatchResult()
     unique: dict[str, Incoming] = {}
@@ -303,12 +311,13 @@ async def apply_batch(conn: Conn, batch: Sequence[Incoming], *, status_topic: st
         moved = [(c, h, s, n) for (c, h, s), n in sorted(counters.items()) if n]
         if moved:
             await conn.execute(SQL_CAMPAIGN_COUNTERS, *map(list, zip(*moved, strict=True)))
-        if result.transitions:
+        if result.transitions or relayed:
             await conn.execute(
                 SQL_OUTBOX,
                 [t["id"] for t in result.transitions],
                 list(result.transitions),
                 status_topic,
+                list(relayed),
             )
         for inc in submissions:
             result.effects[(inc.event.type, "submitted")] += 1
