@@ -137,11 +137,14 @@ on conflict do nothing
 
 SQL_EXISTING_MESSAGES: Final = "select message_id from message_keys where message_id = any($1::text[])"
 
+#: The batch's keys drive a nested loop of primary-key probes: ``offset 0`` keeps the lateral subquery
+#: from being flattened into a join the planner may hash, reading the whole table for every batch (it did at
+#: ~50k rows, see benchmarks/README.md, "Projector: profile and EXPLAIN (session 3)").
 SQL_REFS: Final = """
 select r.provider, r.provider_message_id, r.message_id, r.part
-from message_refs r
-join unnest($1::text[], $2::text[]) as v(provider, provider_message_id)
-  on r.provider = v.provider and r.provider_message_id = v.provider_message_id
+from unnest($1::text[], $2::text[]) as v(provider, provider_message_id)
+cross join lateral (select r.provider, r.provider_message_id, r.message_id, r.part from message_refs r
+                    where r.provider = v.provider and r.provider_message_id = v.provider_message_id offset 0) r
 """
 
 SQL_ORPHANS: Final = """
@@ -153,13 +156,18 @@ where e.message_id is null and e.type = 'message.status'
           (select * from unnest($2::text[], $3::text[]) as v(provider, provider_message_id)))
 """
 
-#: Through ``message_keys``, so each lookup reads the one month its message lives in.
+#: Through ``message_keys``, so each lookup reads the one month its message lives in; one probe per id, in
+#: the order given (sorted: rows are locked in message id order), never a join over the table (see SQL_REFS).
 SQL_LOAD_STATE: Final = """
-select m.message_id, m.account_id, m.channel, m.customer_message_id, m.destination, m.campaign_id, m.parts,
-       m.status, m.description, m.error_code, m.error_message, m.failed_after_delivery, m.delivered_at, m.read_at,
-       m.failed_at, m.submitted_at
-from message_keys k join messages m on m.message_id = k.message_id and m.submitted_at = k.submitted_at
-where k.message_id = any($1::text[]) order by m.message_id for update of m
+select m.* from unnest($1::text[]) as v(message_id)
+cross join lateral (select k.submitted_at from message_keys k where k.message_id = v.message_id offset 0) k
+cross join lateral (
+    select m.message_id, m.account_id, m.channel, m.customer_message_id, m.destination, m.campaign_id, m.parts,
+           m.status, m.description, m.error_code, m.error_message, m.failed_after_delivery, m.delivered_at,
+           m.read_at, m.failed_at, m.submitted_at
+    from messages m where m.message_id = v.message_id and m.submitted_at = k.submitted_at
+    offset 0 for update
+) m
 """
 
 SQL_LOAD_PARTS: Final = "select message_id, part, status from message_parts where message_id = any($1::text[])"
