@@ -29,7 +29,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from qlara_events import metrics
 from qlara_events.config import Settings
-from qlara_events.domain.events import parse_event
+from qlara_events.domain.events import parse_event, to_json
 from qlara_events.errors import InvalidEvent
 from qlara_events.kafka import HEADER_RECEIVED_AT, HEADER_VIA, make_consumer, make_producer, start_with_retry
 from qlara_events.logs import get_logger
@@ -80,7 +80,8 @@ def decode(records: Sequence[Record]) -> tuple[list[tuple[Record, Incoming]], li
         except (orjson.JSONDecodeError, InvalidEvent, ValueError) as exc:
             bad.append((rec, str(exc)))
             continue
-        good.append((rec, Incoming(event, via.decode("utf-8", "replace") if via else "unknown", received_at)))
+        good.append((rec, Incoming(event, via.decode("utf-8", "replace") if via else "unknown", received_at,
+                                   to_json(event))))
     return good, bad
 
 

@@ -38,6 +38,9 @@ class Incoming:
     event: Event
     via: str
     received_at: dt.datetime
+    #: ``to_json(event)``, the history payload, when the caller computed it already (the projector does it
+    #: while the previous batch is in Postgres).
+    payload: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -285,6 +288,7 @@ async def apply_batch(conn: Conn, batch: Sequence[Incoming], *, status_topic: st
         orphan_ids = {o.event.id for o in orphans}
         orphan_updates: list[tuple[str, str, str]] = []
         changed: set[str] = set()
+        changed_at = _iso(dt.datetime.now(dt.UTC))
         for inc in [*orphans, *reports]:
             ev = inc.event
             assert isinstance(ev, StatusReport)
@@ -305,7 +309,7 @@ async def apply_batch(conn: Conn, batch: Sequence[Incoming], *, status_topic: st
             else:
                 rows.append(_Row(inc, message_id, effect, ev.part if ev.part is not None else ref_part))
             if transition is not None:
-                result.transitions.append(_change_payload(transition, state, info))
+                result.transitions.append(_change_payload(transition, state, info, changed_at))
                 if info["campaign_id"]:
                     hour = _hour(info["submitted_at"])
                     counters[(info["campaign_id"], hour, transition.previous.value)] -= 1
@@ -477,7 +481,7 @@ async def _insert_history(conn: Conn, rows: list[_Row]) -> None:
             getattr(ev, "provider_message_id", None), getattr(ev, "account_id", None),
             report.status.value if report else None, report.raw_status if report else None,
             row.part, row.effect.value, row.incoming.via, ev.occurred_at, row.incoming.received_at,
-            to_json(ev),
+            row.incoming.payload if row.incoming.payload is not None else to_json(ev),
         ))
     await conn.execute(SQL_INSERT_HISTORY, _rows(values))
 
@@ -488,7 +492,7 @@ def _rows(rows: Sequence[object]) -> str:
     return orjson.dumps(rows, option=orjson.OPT_NAIVE_UTC).decode()
 
 
-def _change_payload(t: Transition, state: MessageState, info: asyncpg.Record) -> dict[str, Any]:
+def _change_payload(t: Transition, state: MessageState, info: asyncpg.Record, changed_at: str) -> dict[str, Any]:
     """The record produced to ``qlara.status-changes`` (the dispatcher's input)."""
     payload: dict[str, Any] = {
         "id": f"{t.message_id}:{t.status.value}",
@@ -503,7 +507,7 @@ def _change_payload(t: Transition, state: MessageState, info: asyncpg.Record) ->
         "statusCode": t.status.code,
         "description": state.description,
         "occurredAt": _iso(t.occurred_at),
-        "changedAt": _iso(dt.datetime.now(dt.UTC)),
+        "changedAt": changed_at,
         "eventId": t.event_id,
     }
     if state.status.is_failure and state.error_code:
