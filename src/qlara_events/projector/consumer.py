@@ -145,7 +145,10 @@ class Projector:
             with contextlib.suppress(asyncio.CancelledError, KafkaError):
                 await fetching
             if after is not None:
-                await after
+                # Its error, if any, was raised in the loop already (or is not this shutdown's business).
+                await asyncio.wait([after])
+                if not after.cancelled() and after.exception() is not None:
+                    log.warning("projector_after_batch_failed", error=repr(after.exception()))
             await self._forget()
             await self._consumer.stop()
             await self._producer.stop()
