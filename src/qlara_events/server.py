@@ -66,7 +66,8 @@ class _Loop(Protocol):
     def stop(self) -> None: ...
 
 
-def _loop_ctx(name: str, settings: Settings, make: Callable[[asyncpg.Pool], _Loop], pool_size: int) -> CleanupCtx:
+def _loop_ctx(name: str, settings: Settings, make: Callable[[asyncpg.Pool], _Loop], pool_size: int,
+              server_settings: dict[str, str] | None = None) -> CleanupCtx:
     """Run a background role (projector, dispatcher...) for the application's lifetime, supervised.
 
     A loop that dies from an error nobody anticipated is logged and started again with backoff, instead
@@ -74,7 +75,7 @@ def _loop_ctx(name: str, settings: Settings, make: Callable[[asyncpg.Pool], _Loo
     """
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        pool = await create_pool(settings, max_size=pool_size)
+        pool = await create_pool(settings, max_size=pool_size, server_settings=server_settings)
         stopping = asyncio.Event()
         current: list[_Loop] = []
         healthy = asyncio.Event()
@@ -119,8 +120,15 @@ def _loop_ctx(name: str, settings: Settings, make: Callable[[asyncpg.Pool], _Loo
     return ctx
 
 
+#: The projector's lookups are by primary key, one per event of a batch, on tables that live in shared buffers.
+#: With the default random_page_cost (4, a spinning disk's) the planner prices 1,000 index probes above a
+#: sequential scan of a table of 50,000 messages, and hash-joins the whole table for every batch (benchmarks/
+#: README.md, "Projector: profile and EXPLAIN (session 3)"); at 1.1 it probes the index at any table size.
+PROJECTOR_SESSION: Final = {"random_page_cost": "1.1"}
+
+
 def _projector_ctx(settings: Settings) -> CleanupCtx:
-    return _loop_ctx("projector", settings, lambda pool: Projector(settings, pool), 4)
+    return _loop_ctx("projector", settings, lambda pool: Projector(settings, pool), 4, PROJECTOR_SESSION)
 
 
 def _dispatcher_ctx(settings: Settings) -> CleanupCtx:

@@ -1,29 +1,64 @@
-"""Relaying committed status transitions from the Postgres outbox to ``qlara.status-changes``.
+"""Relaying committed status transitions to ``qlara.status-changes``: from memory, with the outbox behind it.
 
-Rows are claimed with ``FOR UPDATE SKIP LOCKED``, produced, acknowledged, then deleted in the same
-transaction: any number of projector processes can relay at once, and a crash before the delete only
-means the rows are produced again (each carries a stable ``id`` that the dispatcher deduplicates on).
+A batch's transitions are written to ``status_outbox`` in the batch's transaction. Right after the commit
+the projector produces the very payloads it just wrote (:func:`produce`) and awaits the acknowledgements;
+their rows are then deleted by the projector's next batch transaction (or by :func:`forget` when no batch
+follows). The rows only matter when a projector dies between its commit and those acknowledgements:
+:func:`relay` then picks them up, but only rows older than ``min_age_s``, so it does not race a live
+projector's in-memory relay (its own or another process's). Rows are claimed ``FOR UPDATE SKIP LOCKED``,
+produced, acknowledged, then deleted in the same transaction, so any number of processes can relay at once,
+and a crash before a delete only means a record is produced again (each carries a stable ``id`` that the
+dispatcher deduplicates on).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Final
+from collections.abc import Sequence
+from typing import Any, Final
 
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
-SQL_CLAIM: Final = "select id, topic, payload from status_outbox order by id limit $1 for update skip locked"
+#: Rows older than this are leftovers of a projector that stopped between commit and acknowledgement.
+LEFTOVER_AGE_S: Final = 10.0
+
+SQL_CLAIM: Final = """
+select id, topic, payload from status_outbox where created_at < now() - make_interval(secs => $2)
+order by id limit $1 for update skip locked
+"""
 SQL_DELETE: Final = "delete from status_outbox where id = any($1::bigint[])"
+#: Rows another relay holds are left to it (it deletes them after producing).
+SQL_FORGET: Final = """
+delete from status_outbox where id in
+    (select id from status_outbox where change_id = any($1::text[]) for update skip locked)
+"""
 
 
-async def relay(pool: asyncpg.Pool, producer: AIOKafkaProducer, *, limit: int = 1000) -> int:
-    """Relay outbox rows (each to the topic it was queued for) until none are left; return how many."""
+async def produce(producer: AIOKafkaProducer, topic: str, transitions: Sequence[dict[str, Any]]) -> list[str]:
+    """Produce ``transitions`` (keyed by message id) and await every acknowledgement; return their ids."""
+    futures = [
+        await producer.send(topic, value=orjson.dumps(t), key=t["messageId"].encode()) for t in transitions
+    ]
+    await asyncio.gather(*futures)
+    return [t["id"] for t in transitions]
+
+
+async def forget(pool: asyncpg.Pool, change_ids: Sequence[str]) -> None:
+    """Delete the outbox rows of transitions already acknowledged by Kafka."""
+    if change_ids:
+        await pool.execute(SQL_FORGET, list(change_ids))
+
+
+async def relay(pool: asyncpg.Pool, producer: AIOKafkaProducer, *, limit: int = 1000,
+                min_age_s: float = LEFTOVER_AGE_S) -> int:
+    """Relay outbox rows older than ``min_age_s`` (each to the topic it was queued for) until none are left;
+    return how many."""
     total = 0
     while True:
         async with pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(SQL_CLAIM, limit)
+            rows = await conn.fetch(SQL_CLAIM, limit, min_age_s)
             if not rows:
                 return total
             futures = [

@@ -21,11 +21,12 @@ async def _init(conn: asyncpg.Connection) -> None:
                                   decoder=orjson.loads, format="text")
 
 
-async def create_pool(settings: Settings, *, min_size: int = 1, max_size: int | None = None) -> asyncpg.Pool:
-    """A connection pool for ``settings.database_url``."""
+async def create_pool(settings: Settings, *, min_size: int = 1, max_size: int | None = None,
+                      server_settings: dict[str, str] | None = None) -> asyncpg.Pool:
+    """A connection pool for ``settings.database_url`` (``server_settings``: session settings of its connections)."""
     pool = await asyncpg.create_pool(
         settings.database_url, min_size=min_size, max_size=max_size or settings.db_pool_max,
-        init=_init, command_timeout=60,
+        init=_init, command_timeout=60, server_settings=server_settings,
     )
     assert pool is not None
     return pool

@@ -7,8 +7,10 @@ wait on each other in a cycle), then row locks on the messages. Under those lock
 submission it belongs to are serialised: whichever commits second sees the first, so a receipt that
 arrives before its ``message.submitted`` is stored as an orphan and applied when the submission lands.
 
-Every statement is a bulk statement over ``unnest`` arrays: a batch of 1,000 events costs a handful of
-round trips, not 1,000.
+Every statement is a bulk statement: a batch of 1,000 events costs a handful of round trips, not 1,000.
+The wide ones (messages, history, outbox) take their rows as one JSON array of arrays (:func:`_rows`,
+unpacked by ``jsonb_array_elements``): one orjson call instead of asyncpg encoding a dozen arrays element by
+element, which was a third of the projector's CPU; Postgres reads the two forms at about the same cost.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ class Incoming:
     event: Event
     via: str
     received_at: dt.datetime
+    #: ``to_json(event)``, the history payload, when the caller computed it already (the projector does it
+    #: while the previous batch is in Postgres).
+    payload: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -75,20 +80,16 @@ SQL_INSERT_MESSAGES: Final = """
 insert into messages (message_id, account_id, channel, customer_message_id, provider, provider_message_id,
                       destination, sender, campaign_id, parts, status, status_rank, description,
                       submitted_at, sent_at)
-select v.message_id, v.account_id, v.channel, v.customer_message_id, v.provider, v.provider_message_id,
-       v.destination, v.sender, v.campaign_id, v.parts, 'SENT', 1, 'Message sent, awaiting carrier receipt',
-       v.submitted_at, v.submitted_at
-from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-            $9::text[], $10::smallint[], $11::timestamptz[])
-     as v(message_id, account_id, channel, customer_message_id, provider, provider_message_id, destination,
-          sender, campaign_id, parts, submitted_at)
+select v->>0, v->>1, v->>2, v->>3, v->>4, v->>5, v->>6, v->>7, v->>8, (v->>9)::smallint,
+       'SENT', 1, 'Message sent, awaiting carrier receipt', (v->>10)::timestamptz, (v->>10)::timestamptz
+from jsonb_array_elements($1::text::jsonb) as v
 on conflict do nothing
 returning message_id
 """
 
 SQL_INSERT_REFS: Final = """
 insert into message_refs (provider, provider_message_id, message_id, part)
-select * from unnest($1::text[], $2::text[], $3::text[], $4::smallint[])
+select v->>0, v->>1, v->>2, (v->>3)::smallint from jsonb_array_elements($1::text::jsonb) as v
 on conflict do nothing
 """
 
@@ -139,11 +140,14 @@ on conflict do nothing
 
 SQL_EXISTING_MESSAGES: Final = "select message_id from message_keys where message_id = any($1::text[])"
 
+#: The batch's keys drive a nested loop of primary-key probes: ``offset 0`` keeps the lateral subquery
+#: from being flattened into a join the planner may hash, reading the whole table for every batch (it did at
+#: ~50k rows, see benchmarks/README.md, "Projector: profile and EXPLAIN (session 3)").
 SQL_REFS: Final = """
 select r.provider, r.provider_message_id, r.message_id, r.part
-from message_refs r
-join unnest($1::text[], $2::text[]) as v(provider, provider_message_id)
-  on r.provider = v.provider and r.provider_message_id = v.provider_message_id
+from unnest($1::text[], $2::text[]) as v(provider, provider_message_id)
+cross join lateral (select r.provider, r.provider_message_id, r.message_id, r.part from message_refs r
+                    where r.provider = v.provider and r.provider_message_id = v.provider_message_id offset 0) r
 """
 
 SQL_ORPHANS: Final = """
@@ -155,13 +159,18 @@ where e.message_id is null and e.type = 'message.status'
           (select * from unnest($2::text[], $3::text[]) as v(provider, provider_message_id)))
 """
 
-#: Through ``message_keys``, so each lookup reads the one month its message lives in.
+#: Through ``message_keys``, so each lookup reads the one month its message lives in; one probe per id, in
+#: the order given (sorted: rows are locked in message id order), never a join over the table (see SQL_REFS).
 SQL_LOAD_STATE: Final = """
-select m.message_id, m.account_id, m.channel, m.customer_message_id, m.destination, m.campaign_id, m.parts,
-       m.status, m.description, m.error_code, m.error_message, m.failed_after_delivery, m.delivered_at, m.read_at,
-       m.failed_at, m.submitted_at
-from message_keys k join messages m on m.message_id = k.message_id and m.submitted_at = k.submitted_at
-where k.message_id = any($1::text[]) order by m.message_id for update of m
+select m.* from unnest($1::text[]) as v(message_id)
+cross join lateral (select k.submitted_at from message_keys k where k.message_id = v.message_id offset 0) k
+cross join lateral (
+    select m.message_id, m.account_id, m.channel, m.customer_message_id, m.destination, m.campaign_id, m.parts,
+           m.status, m.description, m.error_code, m.error_message, m.failed_after_delivery, m.delivered_at,
+           m.read_at, m.failed_at, m.submitted_at
+    from messages m where m.message_id = v.message_id and m.submitted_at = k.submitted_at
+    offset 0 for update
+) m
 """
 
 SQL_LOAD_PARTS: Final = "select message_id, part, status from message_parts where message_id = any($1::text[])"
@@ -171,10 +180,11 @@ update messages m set status = v.status, status_rank = v.status_rank, descriptio
        error_code = v.error_code, error_message = v.error_message,
        failed_after_delivery = v.failed_after_delivery, delivered_at = v.delivered_at, read_at = v.read_at,
        failed_at = v.failed_at, updated_at = now()
-from unnest($1::text[], $2::text[], $3::smallint[], $4::text[], $5::text[], $6::text[], $7::bool[],
-            $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[])
-     as v(message_id, status, status_rank, description, error_code, error_message, failed_after_delivery,
-          delivered_at, read_at, failed_at, submitted_at)
+from (select j->>0 as message_id, j->>1 as status, (j->>2)::smallint as status_rank, j->>3 as description,
+             j->>4 as error_code, j->>5 as error_message, (j->>6)::bool as failed_after_delivery,
+             (j->>7)::timestamptz as delivered_at, (j->>8)::timestamptz as read_at,
+             (j->>9)::timestamptz as failed_at, (j->>10)::timestamptz as submitted_at
+      from jsonb_array_elements($1::text::jsonb) as j) as v
 where m.message_id = v.message_id and m.submitted_at = v.submitted_at and m.status_rank <= v.status_rank
 """
 
@@ -189,9 +199,9 @@ where message_parts.status_rank < excluded.status_rank
 SQL_INSERT_HISTORY: Final = """
 insert into message_events (event_id, type, message_id, ref_message_id, provider, provider_message_id,
                             account_id, status, raw_status, part, effect, via, occurred_at, received_at, payload)
-select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                     $8::text[], $9::text[], $10::smallint[], $11::text[], $12::text[], $13::timestamptz[],
-                     $14::timestamptz[], $15::jsonb[])
+select v->>0, v->>1, v->>2, v->>3, v->>4, v->>5, v->>6, v->>7, v->>8, (v->>9)::smallint, v->>10, v->>11,
+       (v->>12)::timestamptz, (v->>13)::timestamptz, v->14
+from jsonb_array_elements($1::text::jsonb) as v
 on conflict (event_id) do nothing
 """
 
@@ -207,9 +217,15 @@ select * from unnest($1::text[], $2::timestamptz[], $3::text[], $4::bigint[])
 on conflict (campaign_id, hour, status) do update set count = campaign_counters.count + excluded.count
 """
 
+#: Also deletes the rows of earlier transitions the projector has since produced from memory and had
+#: acknowledged (``$4``; rows another relay holds are left to it): see projector/outbox.py.
 SQL_OUTBOX: Final = """
+with forgotten as (
+    delete from status_outbox where id in
+        (select id from status_outbox where change_id = any($3::text[]) for update skip locked)
+)
 insert into status_outbox (change_id, topic, payload)
-select v.change_id, $3, v.payload from unnest($1::text[], $2::jsonb[]) as v(change_id, payload)
+select v->>'id', $2, v from jsonb_array_elements($1::text::jsonb) as v
 on conflict (change_id) do nothing
 """
 
@@ -224,10 +240,12 @@ class _Row:
     part: int | None = None
 
 
-async def apply_batch(conn: Conn, batch: Sequence[Incoming], *, status_topic: str) -> BatchResult:
+async def apply_batch(conn: Conn, batch: Sequence[Incoming], *, status_topic: str,
+                      relayed: Sequence[str] = ()) -> BatchResult:
     """Apply ``batch`` in one transaction; replaying a batch (or any part of it) changes nothing.
 
-    Transitions are queued in the outbox for ``status_topic``.
+    Transitions are queued in the outbox for ``status_topic``; the outbox rows of ``relayed`` (change ids
+    already acknowledged by Kafka) are deleted in the same transaction.
     """
     result = BatchResult()
     unique: dict[str, Incoming] = {}
@@ -270,6 +288,7 @@ async def apply_batch(conn: Conn, batch: Sequence[Incoming], *, status_topic: st
         orphan_ids = {o.event.id for o in orphans}
         orphan_updates: list[tuple[str, str, str]] = []
         changed: set[str] = set()
+        changed_at = _iso(dt.datetime.now(dt.UTC))
         for inc in [*orphans, *reports]:
             ev = inc.event
             assert isinstance(ev, StatusReport)
@@ -290,7 +309,7 @@ async def apply_batch(conn: Conn, batch: Sequence[Incoming], *, status_topic: st
             else:
                 rows.append(_Row(inc, message_id, effect, ev.part if ev.part is not None else ref_part))
             if transition is not None:
-                result.transitions.append(_change_payload(transition, state, info))
+                result.transitions.append(_change_payload(transition, state, info, changed_at))
                 if info["campaign_id"]:
                     hour = _hour(info["submitted_at"])
                     counters[(info["campaign_id"], hour, transition.previous.value)] -= 1
@@ -303,13 +322,8 @@ async def apply_batch(conn: Conn, batch: Sequence[Incoming], *, status_topic: st
         moved = [(c, h, s, n) for (c, h, s), n in sorted(counters.items()) if n]
         if moved:
             await conn.execute(SQL_CAMPAIGN_COUNTERS, *map(list, zip(*moved, strict=True)))
-        if result.transitions:
-            await conn.execute(
-                SQL_OUTBOX,
-                [t["id"] for t in result.transitions],
-                list(result.transitions),
-                status_topic,
-            )
+        if result.transitions or relayed:
+            await conn.execute(SQL_OUTBOX, _rows(result.transitions), status_topic, list(relayed))
         for inc in submissions:
             result.effects[(inc.event.type, "submitted")] += 1
         for inc in inbound:
@@ -320,18 +334,14 @@ async def apply_batch(conn: Conn, batch: Sequence[Incoming], *, status_topic: st
 async def _insert_submissions(conn: Conn, evs: list[Submitted]) -> set[str]:
     if not evs:
         return set()
-    created = await conn.fetch(
-        SQL_INSERT_MESSAGES,
-        [e.message_id for e in evs], [e.account_id for e in evs], [e.channel.value for e in evs],
-        [e.customer_message_id for e in evs], [e.provider for e in evs], [e.provider_message_id for e in evs],
-        [e.destination for e in evs], [e.sender for e in evs], [e.campaign_id for e in evs],
-        [e.parts for e in evs], [e.occurred_at for e in evs],
-    )
+    created = await conn.fetch(SQL_INSERT_MESSAGES, _rows([
+        (e.message_id, e.account_id, e.channel.value, e.customer_message_id, e.provider, e.provider_message_id,
+         e.destination, e.sender, e.campaign_id, e.parts, e.occurred_at) for e in evs]))
     refs: list[tuple[str, str, str, int | None]] = []
     for e in evs:
         refs.append((e.provider, e.provider_message_id, e.message_id, 1 if e.parts > 1 else None))
         refs.extend((e.provider, p, e.message_id, n) for n, p in enumerate(e.part_provider_message_ids, start=2))
-    await conn.execute(SQL_INSERT_REFS, *map(list, zip(*refs, strict=True)))
+    await conn.execute(SQL_INSERT_REFS, _rows(refs))
     return {r["message_id"] for r in created}
 
 
@@ -449,13 +459,10 @@ async def _write_states(conn: Conn, loaded: list[tuple[MessageState, asyncpg.Rec
     if not loaded:
         return
     states = [s for s, _ in loaded]
-    await conn.execute(
-        SQL_UPDATE_MESSAGES,
-        [s.message_id for s in states], [s.status.value for s in states], [s.status.rank for s in states],
-        [s.description for s in states], [s.error_code for s in states], [s.error_message for s in states],
-        [s.failed_after_delivery for s in states], [s.delivered_at for s in states],
-        [s.read_at for s in states], [s.failed_at for s in states], [info["submitted_at"] for _, info in loaded],
-    )
+    await conn.execute(SQL_UPDATE_MESSAGES, _rows([
+        (s.message_id, s.status.value, s.status.rank, s.description, s.error_code, s.error_message,
+         s.failed_after_delivery, s.delivered_at, s.read_at, s.failed_at, info["submitted_at"])
+        for s, info in loaded]))
     parts = [(s.message_id, p, st.value, st.rank) for s in states for p, st in sorted(s.part_status.items())]
     if parts:
         await conn.execute(SQL_UPSERT_PARTS, *map(list, zip(*parts, strict=True)))
@@ -464,25 +471,28 @@ async def _write_states(conn: Conn, loaded: list[tuple[MessageState, asyncpg.Rec
 async def _insert_history(conn: Conn, rows: list[_Row]) -> None:
     if not rows:
         return
-    cols: list[list[Any]] = [[] for _ in range(15)]
+    values = []
     for row in rows:
         ev = row.incoming.event
-        payload = to_json(ev)
-        values = (
+        report = ev if isinstance(ev, StatusReport) else None
+        values.append((
             ev.id, ev.type, row.message_id,
             getattr(ev, "message_id", None), getattr(ev, "provider", None),
             getattr(ev, "provider_message_id", None), getattr(ev, "account_id", None),
-            ev.status.value if isinstance(ev, StatusReport) else None,
-            ev.raw_status if isinstance(ev, StatusReport) else None,
+            report.status.value if report else None, report.raw_status if report else None,
             row.part, row.effect.value, row.incoming.via, ev.occurred_at, row.incoming.received_at,
-            payload,
-        )
-        for col, v in zip(cols, values, strict=True):
-            col.append(v)
-    await conn.execute(SQL_INSERT_HISTORY, *cols)
+            row.incoming.payload if row.incoming.payload is not None else to_json(ev),
+        ))
+    await conn.execute(SQL_INSERT_HISTORY, _rows(values))
 
 
-def _change_payload(t: Transition, state: MessageState, info: asyncpg.Record) -> dict[str, Any]:
+def _rows(rows: Sequence[object]) -> str:
+    """Rows as one JSON array (of arrays or objects) for ``jsonb_array_elements``; datetimes as RFC 3339 with
+    microseconds and offset (a naive one taken as UTC), read back exactly by ``::timestamptz``."""
+    return orjson.dumps(rows, option=orjson.OPT_NAIVE_UTC).decode()
+
+
+def _change_payload(t: Transition, state: MessageState, info: asyncpg.Record, changed_at: str) -> dict[str, Any]:
     """The record produced to ``qlara.status-changes`` (the dispatcher's input)."""
     payload: dict[str, Any] = {
         "id": f"{t.message_id}:{t.status.value}",
@@ -497,7 +507,7 @@ def _change_payload(t: Transition, state: MessageState, info: asyncpg.Record) ->
         "statusCode": t.status.code,
         "description": state.description,
         "occurredAt": _iso(t.occurred_at),
-        "changedAt": _iso(dt.datetime.now(dt.UTC)),
+        "changedAt": changed_at,
         "eventId": t.event_id,
     }
     if state.status.is_failure and state.error_code:
