@@ -134,6 +134,8 @@ class Settings:
     #: A change still unsettled this long after the intake read it (waiting for a slot, or its attempt still
     #: running) is written to the retry schedule, so its partition moves on.
     webhook_spill_after_s: float = 1.0
+    #: A change waiting for a slot of a webhook that is busy but answering spills after this long.
+    webhook_queue_max_wait_s: float = 30.0
     consumer_group_dispatcher: str = "qlara-dispatcher"
 
     #: Blob storage (media, exports) and the key that signs download URLs.
@@ -224,6 +226,7 @@ class Settings:
             webhook_breaker_cooldown_s=_float(e, "QLARA_WEBHOOK_BREAKER_COOLDOWN", 30.0, 0.1, 3600.0),
             webhook_lease_margin_s=_float(e, "QLARA_WEBHOOK_LEASE_MARGIN", 30.0, 0.1, 3600.0),
             webhook_spill_after_s=_float(e, "QLARA_WEBHOOK_SPILL_AFTER", 1.0, 0.01, 300.0),
+            webhook_queue_max_wait_s=_float(e, "QLARA_WEBHOOK_QUEUE_MAX_WAIT", 30.0, 0.01, 3600.0),
             consumer_group_dispatcher=opt("QLARA_DISPATCHER_GROUP") or "qlara-dispatcher",
             storage_dir=opt("QLARA_STORAGE_DIR") or ".local/storage",
             url_signing_key=opt("QLARA_URL_SIGNING_KEY"),

@@ -6,10 +6,12 @@ For every change of a consumed batch the account's webhook comes from the in-mem
 (``recorder.py``): a first attempt that succeeds is one inserted delivery row and one attempt row.
 
 Postgres holds only what must wait. A change goes to the durable retry schedule when its attempt failed,
-when its webhook's breaker is open, or when it is still unsettled ``webhook_spill_after_s`` after it was
-read: waiting for a slot (written as due now; the retry loop takes it when a slot frees) or with its
-attempt still running (written as leased, so a crash re-attempts it when the lease expires). So a slow or
-dead partner never holds the partition: its changes spill after the deadline while the others flow.
+when its webhook's breaker is open, when its attempt is still running ``webhook_spill_after_s`` after it was
+read (written as leased, so a crash re-attempts it when the lease expires), or when it waited that long for
+a slot of a webhook that is stalled (written as due now; the retry loop takes it when a slot frees). A
+webhook that is merely busy keeps its line in memory (up to ``webhook_queue_max_wait_s``), since the retry
+schedule costs more per delivery than waiting. So a slow or dead partner never holds the partition: its
+changes spill after the deadline while the others flow; the intake stops reading past ``MAX_UNSETTLED``.
 
 A batch's offsets are committed once every change of it is settled (delivered and recorded, or durable in
 the retry schedule), batches in order. A dispatcher killed mid-batch is replayed from the last commit:
@@ -348,15 +350,34 @@ class Intake:
             self._spill(time.monotonic())
 
     def _spill(self, now: float, *, everything: bool = False) -> None:
-        deadline = now - self._s.webhook_spill_after_s
+        """Write to the retry schedule what must not wait in memory any longer.
+
+        A running attempt past the spill deadline gets a leased row (its partition moves on). A change waiting
+        for a slot spills past the deadline when its webhook is stalled (attempts in flight, none ended for the
+        deadline: a hanging or very slow partner) or its breaker opened; a webhook that is only busy (every
+        slot taken, answers coming in) keeps its line in memory up to ``webhook_queue_max_wait_s``, because
+        the retry schedule costs several writes per delivery and would slow a burst down, not speed it up.
+        """
+        soon = now - self._s.webhook_spill_after_s
+        late = now - self._s.webhook_queue_max_wait_s
         counts: collections.Counter[str] = collections.Counter()
         for item in self._unsettled.values():  # in the order read (the loop does not change the dict)
-            if not everything and item.read_at > deadline:
+            if not everything and item.read_at > soon:
                 break
-            if item.durable is None and item.state in ("waiting", "in_flight"):
-                counts["spilled_stopping" if everything else
-                       "spilled_waiting" if item.state == "waiting" else "spilled_slow"] += 1
-                self._make_durable(item, now)
+            if item.durable is not None or item.state not in ("waiting", "in_flight"):
+                continue
+            wid = item.endpoint.webhook_id
+            if everything:
+                reason = "spilled_stopping"
+            elif item.state == "in_flight":
+                reason = "spilled_slow"
+            elif (self._lanes.stalled(wid, now, self._s.webhook_spill_after_s) or self._lanes.is_open(wid, now)
+                  or item.read_at <= late):
+                reason = "spilled_waiting"
+            else:
+                continue
+            counts[reason] += 1
+            self._make_durable(item, now)
         for path, n in counts.items():
             metrics.WEBHOOK_INTAKE.labels(path).inc(n)
 

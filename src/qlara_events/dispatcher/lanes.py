@@ -29,6 +29,10 @@ class Lanes(Generic[T]):
         self._in_flight: collections.Counter[str] = collections.Counter()
         self._total_in_flight = 0
         self._waiting: dict[str, collections.deque[T]] = {}
+        #: When an attempt of each webhook last ended (monotonic): a webhook with attempts in flight and none
+        #: ended for a while is stalled, not merely busy.
+        self._last_done: dict[str, float] = {}
+        self._busy_since: dict[str, float] = {}
         self.breakers: dict[str, CircuitBreaker] = {}
         self.start = start
         #: A waiter that is no longer wanted (spilled meanwhile) is skipped when its turn comes.
@@ -68,21 +72,33 @@ class Lanes(Generic[T]):
         b = self.breakers.get(webhook_id)
         if b is not None and not b.allow(now):
             return False
-        self._in_flight[webhook_id] += 1
-        self._total_in_flight += 1
+        self.take(webhook_id, now)
         return True
 
-    def take(self, webhook_id: str) -> None:
-        """Take a slot the caller already knows is free (a claim sized by :meth:`free`)."""
+    def take(self, webhook_id: str, now: float) -> None:
+        """Take a slot the caller already knows is free (a claim sized by :meth:`claimable`)."""
+        if not self._in_flight[webhook_id]:
+            self._busy_since[webhook_id] = now
         self._in_flight[webhook_id] += 1
         self._total_in_flight += 1
+
+    def stalled(self, webhook_id: str, now: float, after_s: float) -> bool:
+        """Has the webhook attempts in flight and none of its attempts ended in the last ``after_s``?
+
+        (A webhook that is only busy, every slot taken but answers coming in, is not stalled.)
+        """
+        if not self._in_flight[webhook_id]:
+            return False
+        return now - max(self._last_done.get(webhook_id, 0.0), self._busy_since.get(webhook_id, 0.0)) > after_s
 
     def release(self, webhook_id: str, now: float) -> None:
         """Free a slot and hand free slots to waiters: this webhook's first, then any webhook's."""
         self._in_flight[webhook_id] -= 1
         self._total_in_flight -= 1
+        self._last_done[webhook_id] = now
         if self._in_flight[webhook_id] <= 0:
             del self._in_flight[webhook_id]
+            self._busy_since.pop(webhook_id, None)
         self._pump(webhook_id, now)
         if self._total_in_flight < self.total:
             for other in [w for w in self._waiting if w != webhook_id]:

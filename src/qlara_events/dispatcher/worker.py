@@ -117,7 +117,7 @@ class Dispatcher:
                     breaker = self.lanes.breaker(row["webhook_id"])
                     if breaker.state(now) is BreakerState.HALF_OPEN:
                         breaker.allow(now)
-                    self.lanes.take(row["webhook_id"])
+                    self.lanes.take(row["webhook_id"], now)
                     task = asyncio.create_task(self._attempt(row, endpoint))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)

@@ -75,3 +75,24 @@ class TestBreaker:
         exclude, free = ln.claimable(1.0)
         assert set(exclude) == {"open", "full", "queued"}
         assert free == {"half": 1}
+
+
+class TestStalled:
+    """A webhook is stalled when attempts are in flight and none ended for a while; busy is not stalled."""
+
+    def test_busy_then_stalled(self) -> None:
+        """In flight since t=0: not stalled at 0.5 s, stalled at 1.5 s; an answer at 1.6 s makes it busy again."""
+        ln, _ = lanes(per=2)
+        assert ln.try_acquire("a", 0.0) and ln.try_acquire("a", 0.0)
+        assert not ln.stalled("a", 0.5, 1.0)
+        assert ln.stalled("a", 1.5, 1.0)
+        ln.release("a", 1.6)
+        assert not ln.stalled("a", 2.0, 1.0)
+        assert ln.stalled("a", 2.7, 1.0)
+
+    def test_idle_is_not_stalled(self) -> None:
+        """Nothing in flight: never stalled, and a new first attempt starts a fresh clock."""
+        ln, _ = lanes(per=2)
+        assert not ln.stalled("a", 100.0, 1.0)
+        assert ln.try_acquire("a", 100.0)
+        assert not ln.stalled("a", 100.5, 1.0)
