@@ -370,6 +370,8 @@ class Intake:
             if everything:
                 reason = "spilled_stopping"
             elif item.state == "in_flight":
+                if item.started_at > soon:
+                    continue  # it waited in a busy line, and its attempt has only just begun
                 reason = "spilled_slow"
             elif (self._lanes.stalled(wid, now, self._s.webhook_spill_after_s) or self._lanes.is_open(wid, now)
                   or item.read_at <= late):
