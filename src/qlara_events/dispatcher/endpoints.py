@@ -32,6 +32,7 @@ select webhook_id, account_id, callback_url, status, secret, previous_secret, pr
 from webhooks
 """
 SQL_SOME: Final = SQL_ALL + " where account_id = any($1::text[])"
+SQL_BY_WEBHOOK: Final = SQL_ALL + " where webhook_id = any($1::text[])"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -163,3 +164,8 @@ class EndpointCache:
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         self._dirty.add(str(payload))
         self._dirty_added.set()
+
+
+async def fetch(db: asyncpg.Pool, webhook_ids: Sequence[str]) -> dict[str, Endpoint]:
+    """These webhooks straight from Postgres (for one the cache has not seen yet)."""
+    return {r["webhook_id"]: Endpoint.from_row(r) for r in await db.fetch(SQL_BY_WEBHOOK, list(webhook_ids))}

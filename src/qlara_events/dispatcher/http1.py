@@ -251,33 +251,31 @@ class Http1Pool:
     async def _skip_chunked(self, conn: _Conn) -> bool:
         total = 0
         while True:
-            end = conn.buf.find(b"\r\n")
-            while end < 0:
-                if not await conn.more():
-                    raise HttpError("connection closed in the middle of a chunked body")
-                end = conn.buf.find(b"\r\n")
             try:
-                size = int(bytes(conn.buf[:end]).split(b";", 1)[0].strip(), 16)
+                size = int((await _line(conn, "a chunked body")).split(b";", 1)[0].strip(), 16)
             except ValueError:
                 raise HttpError("malformed chunk size") from None
-            del conn.buf[:end + 2]
             total += size
             if total > self._read_limit:
                 return False
             if size == 0:
-                # Trailers (rare), then the blank line.
-                while True:
-                    end = conn.buf.find(b"\r\n")
-                    while end < 0:
-                        if not await conn.more():
-                            raise HttpError("connection closed in the chunked trailer")
-                        end = conn.buf.find(b"\r\n")
-                    line = bytes(conn.buf[:end])
-                    del conn.buf[:end + 2]
-                    if not line:
-                        return True
+                while await _line(conn, "the chunked trailer"):  # trailers (rare), then the blank line
+                    pass
+                return True
             if not await self._skip(conn, size + 2):
                 return False
+
+
+async def _line(conn: _Conn, where: str) -> bytes:
+    """The next CRLF-terminated line of ``conn``'s buffer (without the CRLF), waiting for it if need be."""
+    end = conn.buf.find(b"\r\n")
+    while end < 0:
+        if not await conn.more():
+            raise HttpError(f"connection closed in the middle of {where}")
+        end = conn.buf.find(b"\r\n")
+    line = bytes(conn.buf[:end])
+    del conn.buf[:end + 2]
+    return line
 
 
 def _why(conn: _Conn) -> str:

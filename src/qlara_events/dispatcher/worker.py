@@ -26,6 +26,7 @@ import asyncpg
 
 from qlara_events import metrics
 from qlara_events.config import Settings
+from qlara_events.dispatcher import endpoints
 from qlara_events.dispatcher.endpoints import Endpoint, EndpointCache
 from qlara_events.dispatcher.intake import Intake, Item
 from qlara_events.dispatcher.lanes import Lanes
@@ -33,7 +34,6 @@ from qlara_events.dispatcher.policy import BreakerState, Outcome, RetryPolicy
 from qlara_events.dispatcher.recorder import Recorder
 from qlara_events.dispatcher.sender import AttemptResult, Sender
 from qlara_events.logs import get_logger
-from qlara_events.standard_webhooks import secret_key
 from qlara_events.store import webhooks as store
 from qlara_events.transient import TRANSIENT_DB
 
@@ -133,17 +133,11 @@ class Dispatcher:
         missing = [w for w in webhook_ids if w not in ends]
         if missing:
             try:
-                rows = await store.endpoints(self._pool, missing)
+                ends.update(await endpoints.fetch(self._pool, missing))
             except TRANSIENT_DB as exc:
                 # The claimed rows stay leased; they are attempted again (same webhook-id) when it expires.
                 log.warning("endpoints_failed", error=repr(exc))
                 return None
-            for w, r in rows.items():
-                ends[w] = Endpoint(webhook_id=w, account_id="", url=r["callback_url"], active=True,
-                                   key=secret_key(r["secret"]),
-                                   previous_key=secret_key(r["previous_secret"]) if r["previous_secret"] else None,
-                                   previous_expires_at=dt.datetime.max.replace(tzinfo=dt.UTC)
-                                   if r["previous_secret"] else None)
         return ends
 
     async def _attempt(self, row: asyncpg.Record, endpoint: Endpoint) -> None:

@@ -184,16 +184,6 @@ async def claim(db: Db, *, limit: int, exclude: Sequence[str], free: dict[str, i
                                default_free, lease_s))
 
 
-async def endpoints(db: Db, webhook_ids: Sequence[str]) -> dict[str, asyncpg.Record]:
-    """URL and signing secrets of these webhooks (the previous secret only while it still signs)."""
-    rows = await db.fetch(
-        "select webhook_id, callback_url, secret,"
-        " case when previous_secret_expires_at > now() then previous_secret end as previous_secret"
-        " from webhooks where webhook_id = any($1::text[])", list(webhook_ids),
-    )
-    return {r["webhook_id"]: r for r in rows}
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class AttemptRecord:
     """The result of one attempt, as recorded."""
