@@ -96,9 +96,15 @@ def clip_body(text: str) -> str:
 
 
 def params(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Form/query pairs as a dict; the first occurrence of a repeated name wins."""
+    """Form/query pairs as a dict; the first occurrence of a repeated name wins.
+
+    A NUL anywhere is refused with the field's name: Postgres text cannot hold it, so an event carrying
+    one could never be projected (the projector would set it aside as unreadable).
+    """
     out: dict[str, str] = {}
     for key, value in pairs:
+        if "\x00" in value or "\x00" in key:
+            raise InvalidEvent("must not contain NUL characters", field=key.replace("\x00", "\\0")[:64])
         out.setdefault(key, value)
     return out
 
@@ -210,6 +216,11 @@ def status_event(
     error: EventError | None = None,
 ) -> StatusReport:
     """A provider receipt as a canonical :class:`StatusReport` with the shared conventions applied."""
+    for what, text in (("status", raw_status), ("id", "".join(id_parts)), ("description", description or "")):
+        if "\x00" in text:
+            raise InvalidEvent("must not contain NUL characters", field=what)
+    if error is not None and "\x00" in f"{error.code}{error.message or ''}":
+        raise InvalidEvent("must not contain NUL characters", field="error")
     return StatusReport(
         id=event_id(provider, *id_parts),
         occurred_at=occurred_at,

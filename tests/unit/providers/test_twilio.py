@@ -295,6 +295,15 @@ class TestTwilioNormalize:
         with pytest.raises(InvalidEvent):
             provider.normalize(make_callback(body=body, content_type="application/x-www-form-urlencoded"))
 
+    @pytest.mark.parametrize("field", ["MessageStatus", "MessageSid", "ErrorMessage", "Body"])
+    def test_nul_is_refused_by_name(self, provider: TwilioProvider, field: str) -> None:
+        """A NUL (which Postgres text cannot hold) is InvalidEvent naming its field, not an unprojectable event."""
+        form = dict(inbound_form() if field == "Body" else status_form("undelivered", ErrorCode="30003"))
+        form[field] = "x\x00y"
+        with pytest.raises(InvalidEvent) as caught:
+            provider.normalize(form_callback(list(form.items())))
+        assert caught.value.field == field
+
 
 class TestTwilioReplies:
     """``handshake`` and ``accepted``."""
