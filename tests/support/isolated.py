@@ -60,8 +60,8 @@ async def isolated_database(test_url: str, suffix: str) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def api_process(http: aiohttp.ClientSession, *, kafka: str, database_url: str,
-                      extra_env: Mapping[str, str] | None = None) -> AsyncIterator[Service]:
-    """Start an api process on a free port with its own storage directory; stop it on exit."""
+                      extra_env: Mapping[str, str] | None = None, role: str = "api") -> AsyncIterator[Service]:
+    """Start an api (or ``role``) process on a free port with its own storage directory; stop it on exit."""
     port = free_port()
     storage = tempfile.mkdtemp(prefix="qlara-api-test-")
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("QLARA_")},
@@ -72,7 +72,7 @@ async def api_process(http: aiohttp.ClientSession, *, kafka: str, database_url: 
     base = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "qlara_events.cli", "serve", "--role",
-                                                    "api", env=env, stdout=out, stderr=asyncio.subprocess.STDOUT)
+                                                    role, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT)
     try:
         async def ready() -> bool:
             assert proc.returncode is None, log.read_text()[-2000:]
@@ -82,8 +82,8 @@ async def api_process(http: aiohttp.ClientSession, *, kafka: str, database_url: 
             except aiohttp.ClientConnectionError:
                 return False
 
-        await wait_until(ready, timeout=60, what="api process ready")
-        yield Service("api", proc, port, log)
+        await wait_until(ready, timeout=60, what=f"{role} process ready")
+        yield Service(role, proc, port, log)
     finally:
         if proc.returncode is None:
             proc.terminate()

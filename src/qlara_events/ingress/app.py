@@ -64,9 +64,6 @@ class Admission:
 
 ADMISSION: Final = web.AppKey("ingest_admission", Admission)
 
-#: Meta documents WhatsApp webhook payloads up to 3 MB; the other providers send far less.
-PROVIDER_BODY_LIMIT: Final = 4 * 1024 * 1024
-
 
 def get_publisher(app: web.Application) -> Publisher:
     """The ingress's Kafka publisher."""
@@ -114,7 +111,7 @@ async def provider_callback(request: web.Request) -> web.StreamResponse:
         raise NotFound(f"provider endpoint '{name}' is not enabled on this server")
     received_at = dt.datetime.now(dt.UTC)
     try:
-        body = await read_body(request, PROVIDER_BODY_LIMIT)
+        body = await read_body(request, provider.max_body_bytes)
     except PayloadTooLarge:
         metrics.INGEST_REQUESTS.labels(name, "too_large").inc()
         raise

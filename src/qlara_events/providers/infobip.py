@@ -67,6 +67,8 @@ class InfobipProvider:
     """Infobip's report dialect."""
 
     name = "infobip"
+    #: Infobip batches reports; 1 MiB holds a thousand of them.
+    max_body_bytes = 1024 * 1024
 
     def __init__(self, *, token: str) -> None:
         self._token = token

@@ -88,6 +88,8 @@ class JasminProvider:
     """Jasmin's DLR dialect."""
 
     name = "jasmin"
+    #: A DLR or MO form is a few hundred bytes.
+    max_body_bytes = 64 * 1024
 
     def __init__(self, *, token: str) -> None:
         self._token = token

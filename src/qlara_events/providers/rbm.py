@@ -63,6 +63,8 @@ class RbmProvider:
     """The RBM webhook dialect."""
 
     name = "rbm"
+    #: RBM events reference files by URI; a Pub/Sub push of one event is a few KiB.
+    max_body_bytes = 1024 * 1024
 
     def __init__(self, *, client_token: str) -> None:
         self._client_token = client_token

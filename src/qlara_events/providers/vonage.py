@@ -89,6 +89,8 @@ class VonageProvider:
     """Vonage's delivery-receipt dialect."""
 
     name = "vonage"
+    #: Receipts and inbound messages are flat forms or JSON objects of a few hundred bytes.
+    max_body_bytes = 64 * 1024
 
     def __init__(self, *, signature_secret: str | None, signature_method: str = "md5hash") -> None:
         method = signature_method.lower()

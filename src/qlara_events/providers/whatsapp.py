@@ -49,6 +49,8 @@ class WhatsAppProvider:
     """The WhatsApp Cloud API webhook dialect."""
 
     name = "whatsapp"
+    #: Meta documents WhatsApp webhook payloads up to 3 MB.
+    max_body_bytes = 4 * 1024 * 1024
 
     def __init__(self, *, app_secret: str, verify_token: str) -> None:
         self._app_secret = app_secret
