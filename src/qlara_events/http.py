@@ -63,15 +63,25 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return json_response(body, status=status, headers=headers)
 
 
+def _route(request: web.Request) -> str:
+    """What logs and metrics name a request by: its route's pattern, never the path itself.
+
+    A path can carry a credential (``GET /authentication/{value}`` takes a raw API key) and any id a client
+    chose, so no log line holds one.
+    """
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind a request id to every log line of the request, time it and count it."""
     rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
-    if len(rid) > 128:
+    if len(rid) > 128 or not rid.isascii() or not rid.isprintable():
         rid = uuid.uuid4().hex
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=rid)
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    route = _route(request)
     role = request.app.get(ROLE, "all")
     started = time.perf_counter()
     status = 500
@@ -109,7 +119,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     except (asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError, asyncpg.InterfaceError,
             asyncpg.InternalClientError, ConnectionError) as exc:
         # The database is restarting or unreachable: a retryable 503, like Kafka being down, not a 500.
-        log.warning("database_unavailable", error=repr(exc), path=request.path)
+        log.warning("database_unavailable", error=repr(exc), route=_route(request))
         return json_response(Unavailable("the database is unavailable; retry later").body(), status=503,
                              headers={"Retry-After": "5"})
     except web.HTTPException as exc:
@@ -119,7 +129,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return error_response(exc.status, message or exc.reason, headers=headers or None)
     except Exception:
-        log.exception("unhandled_error", method=request.method, path=request.path)
+        log.exception("unhandled_error", method=request.method, route=_route(request))
         return error_response(500, "internal error; retry after a short delay")
 
 

@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Mapping
 from typing import Final
+from urllib.parse import unquote_plus
 
 import orjson
 import structlog
@@ -26,6 +27,19 @@ SENSITIVE_QUERY: Final = frozenset({"token", "sig", "hub.verify_token"})
 def redact(items: Mapping[str, str], sensitive: frozenset[str] = SENSITIVE_HEADERS) -> dict[str, str]:
     """A copy of headers/query parameters with credential values replaced."""
     return {k: ("[redacted]" if k.lower() in sensitive else v) for k, v in items.items()}
+
+
+def redact_query(query_string: str) -> str:
+    """A raw query string with the values of :data:`SENSITIVE_QUERY` parameters replaced, the rest as sent."""
+    if not query_string:
+        return query_string
+    parts = []
+    for part in query_string.split("&"):
+        name, sep, _ = part.partition("=")
+        if sep and unquote_plus(name).lower() in SENSITIVE_QUERY:
+            part = f"{name}=[redacted]"
+        parts.append(part)
+    return "&".join(parts)
 
 
 def configure(level: str = "info", fmt: str = "json") -> None:

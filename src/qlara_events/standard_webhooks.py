@@ -56,6 +56,8 @@ def verify(key: bytes, headers: Mapping[str, str], body: bytes, now: float, tole
     sig_header = headers.get("webhook-signature")
     if not msg_id or not ts_raw or not sig_header:
         raise Unauthorized("missing webhook-id, webhook-timestamp or webhook-signature header")
+    if not (msg_id.isascii() and sig_header.isascii()):
+        raise Unauthorized("webhook-id and webhook-signature must be ASCII")
     try:
         ts = int(ts_raw)
     except ValueError:

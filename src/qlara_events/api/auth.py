@@ -43,15 +43,21 @@ def require_channel(request: web.Request, channel: str) -> None:
 
 
 def _raw_key(request: web.Request) -> str | None:
+    """The key a request offers. Keys are ASCII: other bytes (a header that was not UTF-8 arrives with
+    surrogate escapes) are an invalid key, not an error further down."""
     key = request.headers.get("X-API-Key")
     if key:
+        if not key.isascii():
+            raise Unauthorized("invalid API key")
         return key.strip()
     auth = request.headers.get("Authorization", "")
     if auth[:6].lower() == "basic ":
         try:
             _, _, password = base64.b64decode(auth[6:].strip(), validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except (binascii.Error, ValueError):  # -- UnicodeDecodeError and non-ASCII input are ValueErrors
             raise Unauthorized("malformed Basic credentials") from None
+        if not password.isascii():
+            raise Unauthorized("invalid API key")
         return password or None
     return None
 

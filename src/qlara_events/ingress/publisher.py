@@ -22,7 +22,7 @@ from qlara_events.config import Settings
 from qlara_events.domain.events import Event, to_json
 from qlara_events.errors import Unavailable
 from qlara_events.kafka import HEADER_VIA, make_producer, received_at_header
-from qlara_events.logs import get_logger, redact
+from qlara_events.logs import get_logger, redact, redact_query
 
 log = get_logger("ingress.publisher")
 
@@ -101,7 +101,7 @@ class Publisher:
             "reason": reason,
             "receivedAt": received_at.isoformat(),
             "headers": redact(dict(headers)),
-            "query": query,
+            "query": redact_query(query),
             "body": body.decode("utf-8", "backslashreplace"),
         })
         await self._produce(self._settings.topics.ingest_rejected, [(via.encode(), record)],

@@ -120,9 +120,13 @@ class Provider(Protocol):
 
 
 def constant_time_equals(a: str | bytes, b: str | bytes) -> bool:
-    """Compare two secrets or signatures without leaking where they differ."""
-    ab = a.encode() if isinstance(a, str) else a
-    bb = b.encode() if isinstance(b, str) else b
+    """Compare two secrets or signatures without leaking where they differ.
+
+    Header and query values that were not UTF-8 reach us with surrogate escapes; they are compared as the
+    bytes that were sent (so they simply do not match) instead of failing to encode.
+    """
+    ab = a.encode("utf-8", "surrogateescape") if isinstance(a, str) else a
+    bb = b.encode("utf-8", "surrogateescape") if isinstance(b, str) else b
     return hmac.compare_digest(ab, bb)
 
 
