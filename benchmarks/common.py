@@ -74,6 +74,7 @@ class Context:
             "QLARA_TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
             "QLARA_WHATSAPP_APP_SECRET": WHATSAPP_SECRET,
             "QLARA_WHATSAPP_VERIFY_TOKEN": "bench-verify",
+            "QLARA_URL_SIGNING_KEY": "bench-url-signing-key",
             "QLARA_WEBHOOK_REQUIRE_HTTPS": "false",
             "QLARA_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
             # BENCH_UVLOOP=true|false runs every role on that loop (A/B runs); unset: the service's default.

@@ -132,6 +132,7 @@ class Harness:
             "QLARA_KAFKA_REPLICATION": "3",
             "QLARA_KAFKA_PARTITIONS": "6",
             "QLARA_INGEST_SECRET": new_secret(),
+            "QLARA_URL_SIGNING_KEY": new_secret(),
             "QLARA_WEBHOOK_REQUIRE_HTTPS": "false",
             "QLARA_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
             # Long enough to outlast the 30 s receiver outage: about 38 s of attempts, plus breaker pauses.

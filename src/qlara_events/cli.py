@@ -22,7 +22,7 @@ import orjson
 from aiohttp import web
 
 from qlara_events import __version__, logs
-from qlara_events.config import ConfigError, Settings
+from qlara_events.config import ConfigError, Settings, production_problems
 from qlara_events.kafka import ensure_topics
 from qlara_events.logs import get_logger
 from qlara_events.sandbox import Behaviour, Sandbox
@@ -125,6 +125,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
         sys.exit(str(exc))
     if args.processes and set(roles) != set(ROLES):
         sys.exit("--processes runs every role: use it with --role all")
+    if not args.dev:
+        problems = production_problems(os.environ, settings, roles)
+        if problems:
+            sys.exit("refusing to start outside --dev:\n  - " + "\n  - ".join(problems))
+    if args.check:
+        print(f"configuration ok for {','.join(roles)}{' (--dev)' if args.dev else ''}", flush=True)
+        return
     dev_key: str | None = None
 
     async def prepare() -> None:
@@ -160,7 +167,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         banner[0] += " (one process each: ingress,api on the base port, projector and dispatcher on the next two)"
         try:
             status = loop.run_until_complete(supervise(settings.http_port, child_args, banner=banner,
-                                                       sandbox=args.sandbox))
+                                                       sandbox=args.sandbox, ops_base=settings.ops_port))
         finally:
             loop.close()
         sys.exit(status)
@@ -314,6 +321,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--dev", action="store_true",
                        help="fill unset provider secrets with the development values of docs/configuration.md")
     serve.add_argument("--migrate", action="store_true", help="apply migrations and create topics first")
+    serve.add_argument("--check", action="store_true",
+                       help="check the configuration as a start would (outside --dev: no placeholders, no "
+                            "development secrets, the api's signing key and shared storage), then exit")
     serve.add_argument("--dev-key-file", help="print a development API key, kept in this file")
     serve.add_argument("--sandbox", action="store_true",
                        help="also play the upstream senders and providers (see `qlara-events sandbox`)")

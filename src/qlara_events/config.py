@@ -7,7 +7,7 @@ Every variable is documented in docs/configuration.md. Defaults point at the loc
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 from qlara_events.errors import QlaraError
@@ -82,6 +82,9 @@ class Settings:
 
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    #: A port of its own for /metrics and /readyz (``QLARA_OPS_PORT``); None serves them on ``http_port``.
+    ops_port: int | None = None
+    ops_host: str = "127.0.0.1"
     public_base_url: str = ""
     kafka_bootstrap: str = DEFAULT_KAFKA_BOOTSTRAP
     #: A stable name of this process (a pod name, host and role): consumers join their groups as static members
@@ -140,6 +143,10 @@ class Settings:
 
     #: Blob storage (media, exports) and the key that signs download URLs.
     storage_dir: str = ".local/storage"
+    #: The operator's word that ``storage_dir`` is one volume every api replica mounts (ReadWriteMany).
+    storage_shared: bool = False
+    #: How many api processes serve this deployment at most (the HPA's maxReplicas in deploy/k8s).
+    api_replicas: int = 1
     url_signing_key: str | None = None
     download_url_ttl_s: int = 3600
     media_max_image_bytes: int = 5 * 1024 * 1024
@@ -192,6 +199,8 @@ class Settings:
         return cls(
             http_host=opt("QLARA_HTTP_HOST") or "127.0.0.1",
             http_port=_int(e, "QLARA_HTTP_PORT", 8080, 0, 65535),
+            ops_port=_int(e, "QLARA_OPS_PORT", 0, 1, 65535) if opt("QLARA_OPS_PORT") else None,
+            ops_host=opt("QLARA_OPS_HOST") or opt("QLARA_HTTP_HOST") or "127.0.0.1",
             public_base_url=(opt("QLARA_PUBLIC_BASE_URL") or "").rstrip("/"),
             kafka_bootstrap=opt("QLARA_KAFKA_BOOTSTRAP") or DEFAULT_KAFKA_BOOTSTRAP,
             kafka_instance_id=opt("QLARA_KAFKA_INSTANCE_ID"),
@@ -229,6 +238,8 @@ class Settings:
             webhook_queue_max_wait_s=_float(e, "QLARA_WEBHOOK_QUEUE_MAX_WAIT", 30.0, 0.01, 3600.0),
             consumer_group_dispatcher=opt("QLARA_DISPATCHER_GROUP") or "qlara-dispatcher",
             storage_dir=opt("QLARA_STORAGE_DIR") or ".local/storage",
+            storage_shared=_bool(e, "QLARA_STORAGE_SHARED", False),
+            api_replicas=_int(e, "QLARA_API_REPLICAS", 1, 1, 10_000),
             url_signing_key=opt("QLARA_URL_SIGNING_KEY"),
             download_url_ttl_s=_int(e, "QLARA_DOWNLOAD_URL_TTL", 3600, 10, 7 * 24 * 3600),
             media_max_image_bytes=_int(e, "QLARA_MEDIA_MAX_IMAGE_BYTES", 5 * 1024 * 1024, 1, 2**40),
@@ -243,6 +254,31 @@ class Settings:
             log_format=log_format,
             uvloop=_bool(e, "QLARA_UVLOOP", False),
         )
+
+
+#: What deploy/k8s/secret.yaml and the docs write where an operator must put a value of their own.
+PLACEHOLDER: Final = "REPLACE_ME"
+
+
+def production_problems(env: Mapping[str, str], settings: Settings, roles: Iterable[str]) -> list[str]:
+    """Why ``serve`` must not start outside ``--dev`` with this environment (empty when it may).
+
+    Placeholders and the development secrets are refused for every role; the api role also needs a download
+    signing key every replica shares, and, when it runs as several replicas, storage they all see.
+    """
+    problems = [f"{name} still holds the placeholder {PLACEHOLDER}: set a real value"
+                for name, value in sorted(env.items()) if name.startswith("QLARA_") and PLACEHOLDER in value]
+    problems += [f"{name} is the development secret (docs/configuration.md): set a secret of your own"
+                 for name, dev in DEV_SECRETS.items() if env.get(name, "").strip() == dev]
+    if "api" in roles:
+        if not settings.url_signing_key:
+            problems.append("the api role needs QLARA_URL_SIGNING_KEY, the same on every replica: download links "
+                            "signed with a random key fail on the other replicas and after a restart")
+        if settings.api_replicas > 1 and not settings.storage_shared:
+            problems.append(f"QLARA_API_REPLICAS is {settings.api_replicas} but QLARA_STORAGE_SHARED is not true: "
+                            f"files stored in {settings.storage_dir} would be missing on the other replicas; "
+                            "mount one ReadWriteMany volume there on every replica and set QLARA_STORAGE_SHARED=true")
+    return problems
 
 
 def _int(e: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:

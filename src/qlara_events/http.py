@@ -160,26 +160,44 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: every dependency this role needs answers (Kafka, Postgres)."""
+    """Readiness: every dependency this role needs answers (Kafka, Postgres).
+
+    The body names each check and says ``ok`` or ``unavailable``, nothing more: the exception (which holds
+    addresses and driver messages) goes to the log.
+    """
     results: dict[str, str] = {}
     ok = True
     for name, check in request.app.get(READINESS_CHECKS, []):
         try:
             await check()
             results[name] = "ok"
-        except Exception as exc:  # -- any failure means not ready; its text is the diagnosis
+        except Exception as exc:  # -- any failure means not ready; the log has the diagnosis
             ok = False
-            results[name] = f"unavailable: {type(exc).__name__}: {exc}"[:300]
+            results[name] = "unavailable"
+            log.warning("not_ready", check=name, error=f"{type(exc).__name__}: {exc}"[:500])
     return json_response({"status": "ok" if ok else "unavailable", "checks": results}, status=200 if ok else 503)
 
 
-def base_app(role: str) -> web.Application:
-    """An application with the shared middleware and the operational routes."""
+def base_app(role: str, *, ops_routes: bool = True) -> web.Application:
+    """An application with the shared middleware and /healthz; /metrics and /readyz too unless they are
+    served on a port of their own (:func:`ops_app`)."""
     # client_max_size is a backstop: ingest views enforce their own, smaller limits while streaming.
     app = web.Application(middlewares=[request_context, errors_as_json, finish_unless_cancellable],
                           client_max_size=64 * 1024 * 1024)
     app[ROLE] = role
     app[READINESS_CHECKS] = []
+    app.router.add_get("/healthz", healthz)
+    if ops_routes:
+        app.router.add_get("/metrics", metrics_view)
+        app.router.add_get("/readyz", readyz)
+    return app
+
+
+def ops_app(main: web.Application) -> web.Application:
+    """/metrics, /healthz and /readyz for ``QLARA_OPS_PORT``, reading ``main``'s readiness checks."""
+    app = web.Application(middlewares=[errors_as_json])
+    app[ROLE] = main[ROLE]
+    app[READINESS_CHECKS] = main[READINESS_CHECKS]  # the same list: checks added later count too
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

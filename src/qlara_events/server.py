@@ -17,7 +17,7 @@ from qlara_events import api, ingress
 from qlara_events.api import app as api_app
 from qlara_events.config import Settings
 from qlara_events.dispatcher.worker import Dispatcher
-from qlara_events.http import READINESS_CHECKS, base_app
+from qlara_events.http import READINESS_CHECKS, base_app, ops_app
 from qlara_events.ingress import app as ingress_app
 from qlara_events.logs import get_logger
 from qlara_events.projector.consumer import Projector
@@ -42,7 +42,9 @@ def build_app(settings: Settings, roles: Iterable[str], *, sandbox: Behaviour | 
     unknown = wanted - set(ROLES)
     if unknown:
         raise ValueError(f"unknown roles: {', '.join(sorted(unknown))}")
-    app = base_app("all" if wanted == set(ROLES) else "+".join(sorted(wanted)))
+    app = base_app("all" if wanted == set(ROLES) else "+".join(sorted(wanted)), ops_routes=settings.ops_port is None)
+    if settings.ops_port is not None:
+        app.cleanup_ctx.append(_ops_ctx(settings))
     if "ingress" in wanted:
         ingress_app.setup(app, settings)
     if "api" in wanted:
@@ -59,6 +61,20 @@ def build_app(settings: Settings, roles: Iterable[str], *, sandbox: Behaviour | 
 
 
 CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
+
+
+def _ops_ctx(settings: Settings) -> CleanupCtx:
+    """Serve /metrics, /healthz and /readyz on ``QLARA_OPS_PORT`` for the application's lifetime."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        runner = web.AppRunner(ops_app(app), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, settings.ops_host, settings.ops_port).start()
+        log.info("ops_port", host=settings.ops_host, port=settings.ops_port)
+        yield
+        await runner.cleanup()
+
+    return ctx
 
 
 class _Loop(Protocol):

@@ -49,8 +49,13 @@ async def _ready(http: aiohttp.ClientSession, port: int) -> bool:
     return False
 
 
-async def supervise(base_port: int, child_args: Sequence[str], *, banner: Sequence[str], sandbox: bool) -> int:
-    """Run the children until SIGINT/SIGTERM; return the exit status."""
+async def supervise(base_port: int, child_args: Sequence[str], *, banner: Sequence[str], sandbox: bool,
+                    ops_base: int | None = None) -> int:
+    """Run the children until SIGINT/SIGTERM; return the exit status.
+
+    With ``ops_base`` (``QLARA_OPS_PORT``) the children serve /metrics and /readyz on ``ops_base`` + their
+    offset, and readiness is read there.
+    """
     children = [
         Child(roles, base_port + offset,
               [sys.executable, "-m", "qlara_events.cli", "serve", "--role", roles, "--child", *child_args,
@@ -64,6 +69,8 @@ async def supervise(base_port: int, child_args: Sequence[str], *, banner: Sequen
 
     async def start(child: Child) -> None:
         env = {**os.environ, "QLARA_HTTP_PORT": str(child.port)}
+        if ops_base is not None:  # each child's ops port at the same offset as its serving port
+            env["QLARA_OPS_PORT"] = str(ops_base + child.port - base_port)
         # A restarted child rejoins its consumer groups as the same static member: its partitions come back
         # at once instead of after the session timeout and a rebalance.
         env.setdefault("QLARA_KAFKA_INSTANCE_ID", f"{socket.gethostname()}-{child.port}")
@@ -91,7 +98,8 @@ async def supervise(base_port: int, child_args: Sequence[str], *, banner: Sequen
     keepers = [asyncio.create_task(keep(c), name=f"keep-{c.roles}") for c in children]
     async with aiohttp.ClientSession() as http:
         while not stopping.is_set():
-            if all([await _ready(http, c.port) for c in children]):
+            ready_ports = [c.port if ops_base is None else ops_base + c.port - base_port for c in children]
+            if all([await _ready(http, port) for port in ready_ports]):
                 print("\n".join([*banner, f"ready on http://127.0.0.1:{base_port} (Ctrl-C to stop)"]), flush=True)
                 break
             with contextlib.suppress(TimeoutError):

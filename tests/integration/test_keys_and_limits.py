@@ -89,7 +89,7 @@ def two_api_processes(infra: tuple[str, str]) -> Iterator[list[str]]:
     """Two separate api processes on the same database (ports 18201, 18202)."""
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("QLARA_")},
            "QLARA_DATABASE_URL": infra[1], "QLARA_KAFKA_BOOTSTRAP": infra[0], "QLARA_LOG_LEVEL": "warning",
-           "QLARA_RATE_LIMIT_PLANS": "trial:1000/5"}
+           "QLARA_RATE_LIMIT_PLANS": "trial:1000/5", "QLARA_URL_SIGNING_KEY": "test-url-signing-key"}
     procs = [subprocess.Popen([sys.executable, "-m", "qlara_events.cli", "serve", "--role", "api"],
                               env={**env, "QLARA_HTTP_PORT": str(port)}, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL) for port in (18201, 18202)]

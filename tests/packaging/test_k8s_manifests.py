@@ -122,3 +122,43 @@ class TestConfiguration:
         documented = set(re.findall(r"`(QLARA_[A-Z0-9_]+)`", (REPO / "docs" / "configuration.md").read_text()))
         keys = set(_one("ConfigMap", "qlara-events")["data"]) | set(_one("Secret", "qlara-events")["stringData"])
         assert keys - documented == set()
+
+
+class TestStorageAndOps:
+    """Files the api acknowledged survive restarts and are seen by every replica; ops endpoints are apart."""
+
+    def test_api_storage_is_one_shared_volume(self) -> None:
+        """The api mounts a ReadWriteMany claim at QLARA_STORAGE_DIR and declares it shared for its replicas."""
+        config = _one("ConfigMap", "qlara-events")["data"]
+        dep = _one("Deployment", "qlara-api")
+        (mount,) = [m for m in _container(dep)["volumeMounts"] if m["mountPath"] == config["QLARA_STORAGE_DIR"]]
+        (volume,) = [v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+        claim = _one("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+        assert config["QLARA_STORAGE_SHARED"] == "true"
+        hpa = next(o for o in _objects() if o["kind"] == "HorizontalPodAutoscaler"
+                   and o["spec"]["scaleTargetRef"]["name"] == "qlara-api")
+        assert int(config["QLARA_API_REPLICAS"]) >= hpa["spec"]["maxReplicas"]
+
+    def test_probes_and_scrapes_use_the_ops_port(self) -> None:
+        """/healthz, /readyz and /metrics are reached on QLARA_OPS_PORT, not on the serving port."""
+        ops = int(_one("ConfigMap", "qlara-events")["data"]["QLARA_OPS_PORT"])
+        for role in ROLES:
+            dep = _one("Deployment", f"qlara-{role}")
+            c = _container(dep)
+            ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+            assert ports["ops"] == ops and ports["http"] != ops
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                assert c[probe]["httpGet"]["port"] == "ops", (role, probe)
+            assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(ops)
+
+    def test_the_shipped_configuration_passes_the_startup_checks_once_filled_in(self) -> None:
+        """As shipped, every role refuses to start (placeholders); with them replaced, none does."""
+        from qlara_events.config import Settings, production_problems
+
+        env = {**_one("ConfigMap", "qlara-events")["data"], **_one("Secret", "qlara-events")["stringData"]}
+        shipped = production_problems(env, Settings.from_env(env), ROLES)
+        assert any("QLARA_URL_SIGNING_KEY still holds the placeholder" in p for p in shipped), shipped
+        filled = {k: v.replace("REPLACE_ME", f"operator-value-{i}") for i, (k, v) in enumerate(env.items())}
+        filled["QLARA_INGEST_SECRET"] = "whsec_b3BlcmF0b3ItaW5nZXN0LXNlY3JldA=="
+        assert production_problems(filled, Settings.from_env(filled), ROLES) == []
