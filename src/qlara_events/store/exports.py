@@ -97,14 +97,17 @@ async def by_storage_key(db: Db, key: str) -> asyncpg.Record | None:
 
 
 # --------------------------------------------------------------------------------------- what is exported
+# Every free-text cell goes through csv_cell (migration 015): one that a spreadsheet would evaluate as a
+# formula gets a leading single quote.
 
 #: API-originated messages (campaign sends excluded) — or, with campaignId, that campaign's messages —
 #: every channel in one file, by submission time.
 SQL_HISTORY_CSV: Final = """
-select m.message_id as "messageId", m.customer_message_id as "customerMessageId", m.channel,
-       m.destination, m.sender, m.status as "deliveryStatus", m.description as "deliveryStatusDescription",
+select csv_cell(m.message_id) as "messageId", csv_cell(m.customer_message_id) as "customerMessageId", m.channel,
+       csv_cell(m.destination) as destination, csv_cell(m.sender) as sender, m.status as "deliveryStatus",
+       csv_cell(m.description) as "deliveryStatusDescription",
        m.parts, m.submitted_at as "sendDate", m.delivered_at as "deliveryDate", m.read_at as "readDate",
-       m.failed_at as "failedDate", m.error_code as "errorCode"
+       m.failed_at as "failedDate", csv_cell(m.error_code) as "errorCode"
 from messages m
 where m.account_id = $1 and m.submitted_at >= $2 and m.submitted_at <= $3
   and (($6::text is null and m.campaign_id is null) or m.campaign_id = $6)
@@ -114,8 +117,9 @@ order by m.submitted_at, m.message_id
 
 #: Every status receipt of the account's messages in a window or of one campaign.
 SQL_DELIVERY_REPORTS_CSV: Final = """
-select e.message_id as "messageId", m.customer_message_id as "customerMessageId", m.campaign_id as "campaignId",
-       m.channel, m.destination, e.status, e.raw_status as "providerStatus", e.provider, e.effect,
+select csv_cell(e.message_id) as "messageId", csv_cell(m.customer_message_id) as "customerMessageId",
+       csv_cell(m.campaign_id) as "campaignId", m.channel, csv_cell(m.destination) as destination, e.status,
+       csv_cell(e.raw_status) as "providerStatus", e.provider, e.effect,
        e.occurred_at as "occurredAt", e.received_at as "receivedAt"
 from message_events e join messages m on m.message_id = e.message_id
 where m.account_id = $1 and e.type = 'message.status'
@@ -128,8 +132,9 @@ order by e.occurred_at, e.event_id
 #: and ids of other accounts match nothing (the contact and the list must both be the account's). listIds is
 #: every list of the account the contact belongs to, ';'-joined; timestamps are ISO 8601 in UTC.
 SQL_CONTACTS_CSV: Final = """
-select c.contact_id as "id", c.phone_number as "phoneNumber", c.email, c.first_name as "firstName",
-       c.last_name as "lastName", c.full_name as "fullName", c.gender, c.custom_fields::text as "customFields",
+select c.contact_id as "id", csv_cell(c.phone_number) as "phoneNumber", csv_cell(c.email) as email,
+       csv_cell(c.first_name) as "firstName", csv_cell(c.last_name) as "lastName", csv_cell(c.full_name) as "fullName",
+       c.gender, c.custom_fields::text as "customFields",
        c.is_valid::text as "isValid", array_to_string(c.communication_supported, ';') as "communicationSupported",
        c.is_test::text as "isTest", c.last_contact_type as "lastContactType",
        c.last_campaign_type as "lastCampaignType",

