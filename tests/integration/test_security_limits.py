@@ -10,9 +10,12 @@ from __future__ import annotations
 import csv
 import io
 import struct
+import tracemalloc
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import pytest
 
 from support.live import Account, LiveServer, uid, wait_until
 
@@ -51,6 +54,42 @@ async def finished_export(http: aiohttp.ClientSession, server: LiveServer, accou
         return job if job["status"] in ("COMPLETED", "FAILED") else None
 
     return await wait_until(done, timeout=120, what=f"export {export_id}")
+
+
+MiB = 1024 * 1024
+BOUNDARY = "qlara-security-limits"
+
+
+async def huge_field(name: str, mib: int, then: bytes = b"") -> AsyncIterator[bytes]:
+    """A multipart body (sent chunked, no Content-Length) whose text field ``name`` is ``mib`` MiB of 'a'.
+
+    One 1 MiB chunk is yielded again and again, so the client allocates almost nothing while it sends.
+    """
+    yield (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n").encode()
+    chunk = b"a" * MiB
+    for _ in range(mib):
+        yield chunk
+    yield f"\r\n--{BOUNDARY}\r\n".encode() + then + f"--{BOUNDARY}--\r\n".encode()
+
+
+async def huge_json(mib: int) -> AsyncIterator[bytes]:
+    """A JSON object (sent chunked) with one string member of ``mib`` MiB."""
+    yield b'{"url": "https://example.com/hook", "pad": "'
+    chunk = b"a" * MiB
+    for _ in range(mib):
+        yield chunk
+    yield b'"}'
+
+
+async def traced(coro: Any) -> tuple[Any, int]:
+    """Await ``coro`` with tracemalloc on (the server runs in this process): its result and the peak bytes."""
+    tracemalloc.start()
+    try:
+        result = await coro
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return result, peak
 
 
 def tiny_png() -> bytes:
@@ -109,3 +148,40 @@ class TestServedFiles:
         assert first["phoneNumber"] == "+393331234567", "a plain number is no formula: left as it is"
         assert second["firstName"] == "'-2+3" and second["lastName"] == "'\tTAB"
         assert nosniff == "nosniff"
+
+
+class TestBodiesAreLimitedWhileRead:
+    """Item 9: no body or field is read whole before its limit is checked."""
+
+    @pytest.mark.parametrize(("path", "field"), [("/media", "name"), ("/contacts/upload", "fileName"),
+                                                 ("/contacts/upload/vcard", "listId")])
+    async def test_huge_multipart_text_field_is_refused_unbuffered(self, http, server, account, path: str,
+                                                                   field: str) -> None:
+        """A 48 MiB text field is a 400 and the server never holds it (peak traced memory far below 48 MiB)."""
+        async def send() -> tuple[int, dict[str, Any]]:
+            async with http.post(f"{server.url}{P}{path}", data=huge_field(field, 48),
+                                 headers={**account.headers,
+                                          "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}) as r:
+                return r.status, await r.json()
+
+        (status, body), peak = await traced(send())
+        assert status == 400 and field in body["message"], body
+        assert peak < 16 * MiB, f"peak traced memory {peak / MiB:.1f} MiB: the field was buffered"
+
+    async def test_json_body_past_its_limit_is_413_unbuffered(self, http, server, account) -> None:
+        """An 8 MiB JSON body (chunked, no Content-Length) to POST /webhooks/delivery-status is a 413, not read whole."""
+        async def send() -> tuple[int, dict[str, Any]]:
+            async with http.post(f"{server.url}{P}/webhooks/delivery-status", data=huge_json(8),
+                                 headers={**account.headers, "Content-Type": "application/json"}) as r:
+                return r.status, await r.json()
+
+        (status, body), peak = await traced(send())
+        assert status == 413 and body["status"] == 413 and "exceeds" in body["message"], body
+        assert peak < 4 * MiB, f"peak traced memory {peak / MiB:.1f} MiB"
+
+    async def test_contact_list_ids_are_capped(self, http, server, account) -> None:
+        """A campaign naming 20,000 contact lists is a 400, not a draft whose every query carries them."""
+        status, body = await call(http, server, account, "POST", "/campaigns", {
+            "name": "lists", "sendingMode": "SMS", "destinationType": 1,
+            "contactListIds": list(range(1, 20_001))})
+        assert status == 400 and "contactListIds" in body["message"], body

@@ -21,7 +21,7 @@ from qlara_events.contacts import fields, phones, readers, vcard
 from qlara_events.contacts.importer import Import
 from qlara_events.contacts.rows import Columns, ImportRow
 from qlara_events.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
-from qlara_events.http import json_object, json_response
+from qlara_events.http import json_object, json_response, text_part
 from qlara_events.store import contacts as store
 
 BASE: Final = f"{PREFIX}/contacts"
@@ -306,11 +306,7 @@ class _Form:
                         raise BadRequest("one 'file' part per request")
                     await self._save(part)
                 elif part.name in text_fields:
-                    # Up to 4 UTF-8 bytes a character: enough bytes to tell a too-long value, never a silent cut.
-                    value = (await part.read(decode=True))[:4 * MAX_FIELD + 4].decode("utf-8", "replace")
-                    if len(value) > MAX_FIELD or "\x00" in value:
-                        raise BadRequest(f"{part.name} must be text of at most {MAX_FIELD} characters")
-                    self.fields[part.name] = value
+                    self.fields[part.name] = await text_part(part, MAX_FIELD)
         except (ValueError, HttpProcessingError) as exc:  # -- how aiohttp's multipart parser reports a malformed body
             raise BadRequest(f"malformed multipart body: {exc}") from None
         if self.path is None:

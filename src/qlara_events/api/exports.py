@@ -103,8 +103,12 @@ def export_json(r: asyncpg.Record) -> dict[str, Any]:
     }
 
 
+#: A request body: enough for MAX_EXPORT_IDS ids (20 digits and a comma each) and the filters.
+MAX_BODY: Final = 512 * 1024
+
+
 async def _body(request: web.Request) -> dict[str, Any]:
-    return await json_object(request, empty_is_object=True)
+    return await json_object(request, limit=MAX_BODY, empty_is_object=True)
 
 
 async def _queue(request: web.Request, kind: str, params: dict[str, Any]) -> web.Response:

@@ -18,7 +18,7 @@ from qlara_events.api.shared import SIGNING_KEY, STORE, serve_signed
 from qlara_events.config import Settings
 from qlara_events.domain import media as kinds
 from qlara_events.errors import BadRequest, NotFound, PayloadTooLarge, QlaraError
-from qlara_events.http import json_response, path_int
+from qlara_events.http import json_response, path_int, text_part
 from qlara_events.storage import new_key, sign_url
 from qlara_events.store import media as store
 
@@ -123,11 +123,7 @@ async def upload(request: web.Request) -> web.Response:
                 size = await blobs.write(key, up.chunks())
                 stored = (up, key, size, part.filename or "file")
             elif part.name in ("name", "description", "folderId"):
-                # Up to 4 UTF-8 bytes a character: enough bytes to tell a too-long value, never a silent cut.
-                value = (await part.read(decode=True))[:4 * MAX_FIELD + 4].decode("utf-8", "replace")
-                if len(value) > MAX_FIELD or "\x00" in value:
-                    raise BadRequest(f"{part.name} must be text of at most {MAX_FIELD} characters")
-                fields[part.name] = value
+                fields[part.name] = await text_part(part, MAX_FIELD)
     except QlaraError:
         if stored:
             await blobs.delete(stored[1])
