@@ -17,7 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from support.live import Account, LiveServer, uid, wait_until
+from support.live import Account, LiveServer, serve, uid, wait_until
+from support.settings import make_settings
 
 P = "/partner-gateway/v1"
 
@@ -185,3 +186,64 @@ class TestBodiesAreLimitedWhileRead:
             "name": "lists", "sendingMode": "SMS", "destinationType": 1,
             "contactListIds": list(range(1, 20_001))})
         assert status == 400 and "contactListIds" in body["message"], body
+
+
+async def many_contacts(db: Any, account: Account, n: int) -> None:
+    """``n`` contacts in the account (written directly: they make its exports take a while, they are no attack)."""
+    await db.execute("insert into contacts (account_id, phone_number, first_name, is_valid)"
+                     " select $1, '+3933' || lpad(g::text, 8, '0'), 'Contact ' || g, true"
+                     " from generate_series(1, $2) g", account.id, n)
+
+
+class TestTenantsCannotStarveOthers:
+    """Item 10: per-account caps on queued exports, page depth and media bytes; exports claimed fairly."""
+
+    async def test_an_account_cannot_queue_unbounded_exports(self, http, server, db, account) -> None:
+        """Past QLARA_EXPORT_MAX_PENDING_PER_ACCOUNT (5) queued or running exports, another is a 409."""
+        await many_contacts(db, account, 50_000)
+        statuses = []
+        for _ in range(8):
+            status, body = await call(http, server, account, "POST", "/exports/contacts", {})
+            statuses.append(status)
+            if status != 202:
+                assert status == 409 and "exports queued or running" in body["message"], body
+        assert 409 in statuses, statuses
+        assert statuses.count(202) <= 7, statuses
+
+    async def test_exports_are_claimed_fairly_across_accounts(self, http, server, db, account,
+                                                              other_account) -> None:
+        """An account queueing five large exports first does not make another account's one export wait for all
+        five: it is claimed next (accounts take turns), so it finishes before at least three of them."""
+        await many_contacts(db, account, 50_000)
+        hog = []
+        for _ in range(5):
+            status, job = await call(http, server, account, "POST", "/exports/contacts", {})
+            assert status == 202, job
+            hog.append(job["id"])
+        status, job = await call(http, server, other_account, "POST", "/exports/contacts", {})
+        assert status == 202, job
+        small = await finished_export(http, server, other_account, job["id"])
+        done = [await finished_export(http, server, account, i) for i in hog]
+        later = [d for d in done if d["completedAt"] > small["completedAt"]]
+        assert len(later) >= 3, (small["completedAt"], [d["completedAt"] for d in done])
+
+    @pytest.mark.parametrize("path", ["/contacts", "/media", "/exports", "/contacts/list"])
+    async def test_page_depth_is_capped(self, http, server, account, path: str) -> None:
+        """page=1,000,000 with limit=1000 (an offset of a billion rows) is a 400, not a scan."""
+        async with http.get(f"{server.url}{P}{path}", params={"page": "1000000", "limit": "1000"},
+                            headers=account.headers) as r:
+            body = await r.json()
+            assert r.status == 400 and "page * limit" in body["message"], body
+
+    async def test_media_storage_quota(self, http, infra, db, account) -> None:
+        """With a 4 KiB quota, uploads that fit are stored, the one that would pass it is a 413 and kept nowhere."""
+        settings = make_settings(*infra, QLARA_MEDIA_QUOTA_BYTES="4096")
+        async with serve(settings, ["api"]) as own:
+            image = tiny_png() + b"\x00" * (1500 - len(tiny_png()))
+            for _ in range(2):
+                status, item = await upload_media(http, own, account, image, "a.png")
+                assert status == 201, item
+            status, body = await upload_media(http, own, account, image, "a.png")
+            assert status == 413 and "quota" in body["message"], body
+            status, items = await call(http, own, account, "GET", "/media?limit=100")
+            assert status == 200 and len(items) == 2, items

@@ -217,7 +217,8 @@ async def list_campaigns(request: web.Request) -> web.Response:
         raise BadRequest("page, limit and status must be integers") from None
     if not 0 <= page <= 1_000_000 or not 1 <= limit <= 1000 or (status is not None and status not in STATUS_NAMES):
         raise BadRequest("page >= 0, limit 1..1000, status 0..4")
-    rows = await store.page(get_pool(request.app), principal(request).account_id, status, limit, page * limit)
+    rows = await store.page(get_pool(request.app), principal(request).account_id, status, limit,
+                            params.offset(page, limit))
     return json_response([campaign_json(r) for r in rows])
 
 
@@ -381,7 +382,8 @@ async def stats(request: web.Request) -> web.Response:
             "read": c.get("READ", 0), "failed": c.get("ERROR", 0), "expired": c.get("EXPIRED", 0),
             "pending": c.get("SENT", 0) + c.get("RECEIVED", 0) + c.get("UNKNOWN", 0),
         })
-    return json_response(out[page * limit:(page + 1) * limit])
+    first = params.offset(page, limit)
+    return json_response(out[first:first + limit])
 
 
 def add_routes(app: web.Application, settings: Settings) -> None:

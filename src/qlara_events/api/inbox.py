@@ -107,7 +107,7 @@ async def list_conversations(request: web.Request) -> web.Response:
     rows = await store.list_conversations(
         get_pool(request.app), principal(request).account_id, date_from=date_from, channels=channels,
         unread_only=bool(params.query_bool(q, "unreadOnly")), archived=archived,
-        order_column=store.ORDERABLE[field], descending=descending, limit=limit, offset=page * limit)
+        order_column=store.ORDERABLE[field], descending=descending, limit=limit, offset=params.offset(page, limit))
     return json_response([conversation_json(r) for r in rows])
 
 

@@ -15,12 +15,22 @@ COLUMNS: Final = ("export_id, kind, params, status, attempts, row_count, size, s
                   " started_at, completed_at, expires_at")
 
 
-async def create(db: Db, account_id: str, kind: str, params: dict[str, Any]) -> asyncpg.Record:
-    """Queue a job."""
-    row = await db.fetchrow(f"insert into exports (account_id, kind, params) values ($1, $2, $3) returning {COLUMNS}",
-                            account_id, kind, params)
-    assert row is not None
-    return row
+#: Queue a job unless the account already has ``$4`` queued or running. The advisory lock (per account, for
+#: the transaction) serialises concurrent requests of one account, so the count cannot be overtaken.
+SQL_CREATE_CAPPED: Final = f"""
+with locked as (select pg_advisory_xact_lock(hashtext('qlara-exports:' || $1)))
+insert into exports (account_id, kind, params)
+select $1, $2, $3 from locked
+where (select count(*) from exports where account_id = $1 and status = 'PENDING') < $4
+returning {COLUMNS}
+"""
+
+
+async def create(conn: Conn, account_id: str, kind: str, params: dict[str, Any],
+                 max_pending: int) -> asyncpg.Record | None:
+    """Queue a job; None when the account already has ``max_pending`` jobs queued or running."""
+    async with conn.transaction():
+        return await conn.fetchrow(SQL_CREATE_CAPPED, account_id, kind, params, max_pending)
 
 
 async def page(db: Db, account_id: str, limit: int, offset: int) -> list[asyncpg.Record]:
@@ -36,24 +46,34 @@ async def get(db: Db, account_id: str, export_id: int) -> asyncpg.Record | None:
                              account_id, export_id)
 
 
-async def regenerate(db: Db, account_id: str, export_id: int) -> asyncpg.Record | None:
-    """Queue a finished job again (a new file; the old one is removed by the caller)."""
+async def regenerate(db: Db, account_id: str, export_id: int, max_pending: int) -> asyncpg.Record | None:
+    """Queue a finished job again (a new file; the old one is removed by the caller); None when it is pending
+    already or the account has ``max_pending`` jobs queued or running."""
     return await db.fetchrow(
         "update exports set status = 'PENDING', attempts = 0, lease_until = null, error = null, row_count = null,"
         " size = null, started_at = null, completed_at = null, expires_at = null"
-        f" where account_id = $1 and export_id = $2 and status <> 'PENDING' returning {COLUMNS}",
-        account_id, export_id)
+        f" where account_id = $1 and export_id = $2 and status <> 'PENDING' and (select count(*) from exports"
+        f" where account_id = $1 and status = 'PENDING') < $3 returning {COLUMNS}",
+        account_id, export_id, max_pending)
 
 
 #: Claim one job: a PENDING one, or one whose worker died (lease expired). Jobs that failed too often end
 #: FAILED in :data:`SQL_GIVE_UP` instead of being retried forever.
+#:
+#: Fair across accounts, not first come first served (one account queueing many large exports must not
+#: starve the others): the oldest job of the account with the fewest jobs running now, and among those the
+#: account whose last job started longest ago (one that never ran first), so accounts take turns.
 SQL_CLAIM: Final = f"""
 update exports set attempts = attempts + 1, lease_until = now() + make_interval(secs => $1),
        started_at = coalesce(started_at, now())
 where export_id = (
-    select export_id from exports
-    where status = 'PENDING' and (lease_until is null or lease_until < now()) and attempts < $2
-    order by created_at limit 1 for update skip locked)
+    select e.export_id from exports e
+    where e.status = 'PENDING' and (e.lease_until is null or e.lease_until < now()) and e.attempts < $2
+    order by (select count(*) from exports r where r.account_id = e.account_id and r.status = 'PENDING'
+                  and r.lease_until >= now()),
+             (select max(r.started_at) from exports r where r.account_id = e.account_id) nulls first,
+             e.created_at
+    limit 1 for update of e skip locked)
 returning {COLUMNS}, account_id
 """
 
