@@ -7,18 +7,26 @@ run and CSV cells a spreadsheet would evaluate (15).
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import struct
+import time
 import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
-from support.live import Account, LiveServer, serve, uid, wait_until
+from qlara_events.api.shared import PUBLISHER
+from qlara_events.config import DEV_SECRETS
+from qlara_events.errors import Unavailable
+
+from support.live import Account, LiveServer, read_topic, serve, uid, wait_until
 from support.settings import make_settings
+from unit.providers.signing import whatsapp_signature
 
 P = "/partner-gateway/v1"
 
@@ -247,3 +255,61 @@ class TestTenantsCannotStarveOthers:
             assert status == 413 and "quota" in body["message"], body
             status, items = await call(http, own, account, "GET", "/media?limit=100")
             assert status == 200 and len(items) == 2, items
+
+
+async def whatsapp_conversation(http: aiohttp.ClientSession, server: LiveServer, db: Any,
+                                account: Account) -> dict[str, Any]:
+    """A WhatsApp conversation opened by a real inbound message (provider endpoint, Kafka, projector)."""
+    number = "+1555" + str(int(uid()[:7], 16) % 10_000_000).zfill(7)
+    contact = "+39333" + str(int(uid()[:7], 16) % 10_000_000).zfill(7)
+    await db.execute("insert into sender_addresses (channel, address, account_id) values ('WHATSAPP', $1, $2)",
+                     number, account.id)
+    body = orjson.dumps({"object": "whatsapp_business_account", "entry": [{"id": "WABA", "changes": [{
+        "field": "messages", "value": {
+            "messaging_product": "whatsapp", "metadata": {"display_phone_number": number[1:], "phone_number_id": "1"},
+            "contacts": [{"profile": {"name": "Mario"}, "wa_id": contact[1:]}],
+            "messages": [{"from": contact[1:], "id": uid("wamid."), "timestamp": str(int(time.time())), "type": "text", "text": {"body": "Ciao"}}]}}]}]})
+    sig = whatsapp_signature(DEV_SECRETS["QLARA_WHATSAPP_APP_SECRET"], body)
+    async with http.post(f"{server.url}/ingest/v1/providers/whatsapp", data=body,
+                         headers={"X-Hub-Signature-256": sig, "Content-Type": "application/json"}) as r:
+        assert r.status == 200, await r.text()
+
+    async def opened() -> dict[str, Any] | None:
+        _, convs = await call(http, server, account, "GET", "/inbox/conversations")
+        return next((c for c in convs if c["contact"] == contact), None)
+
+    return await wait_until(opened, what="conversation opened")
+
+
+class TestReplyOutbox:
+    """Item 7: an inbox reply never holds a transaction while Kafka is slow, and is not lost when Kafka fails."""
+
+    async def test_stalled_kafka_holds_no_transaction_and_loses_no_reply(self, http, server, db, account,
+                                                                          monkeypatch) -> None:
+        """While the reply's produce hangs, no transaction of it is open; when the produce then fails the reply is
+        still accepted (202) and its send request reaches qlara.send-requests through the outbox relay."""
+        conv = await whatsapp_conversation(http, server, db, account)
+        assert server.app is not None
+        entered, release = asyncio.Event(), asyncio.Event()
+
+        async def stalled(topic: str, key: str, value: object) -> None:
+            entered.set()
+            await release.wait()
+            raise Unavailable("Kafka did not acknowledge the events; retry later")
+
+        monkeypatch.setattr(server.app[PUBLISHER], "produce_json", stalled)
+        text = uid("reply-")
+        reply = asyncio.ensure_future(call(http, server, account, "POST", "/inbox/conversations/reply",
+                                           {"chatId": conv["chatId"], "text": text}))
+        await asyncio.wait_for(entered.wait(), 30)
+        open_transactions = await db.fetch(
+            "select pid, state, query from pg_stat_activity where state like 'idle in transaction%'"
+            " and query ilike '%conversation%'")
+        release.set()
+        status, body = await reply
+        monkeypatch.undo()
+        assert not open_transactions, f"a transaction waited for Kafka: {open_transactions}"
+        assert status == 202 and body["status"] == "ACCEPTED", body
+        sent = await read_topic(server.settings, server.settings.topics.send_requests,
+                                lambda v: v.get("messageId") == body["messageId"], timeout=60)
+        assert sent and sent[0]["text"] == text and sent[0]["origin"] == "inbox"
