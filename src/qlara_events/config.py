@@ -152,6 +152,10 @@ class Settings:
     media_max_image_bytes: int = 5 * 1024 * 1024
     media_max_video_bytes: int = 100 * 1024 * 1024
     export_ttl_s: int = 24 * 3600
+    #: Export jobs an account may have queued or running at once (more: 409 until one finishes).
+    export_max_pending_per_account: int = 5
+    #: Bytes of media an account may store in all.
+    media_quota_bytes: int = 1024 * 1024 * 1024
     #: Campaign pricing per message (per SMS part) in ``currency``, and how long a campaign may stay SENDING.
     prices: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_PRICES))
     currency: str = "EUR"
@@ -245,6 +249,8 @@ class Settings:
             media_max_image_bytes=_int(e, "QLARA_MEDIA_MAX_IMAGE_BYTES", 5 * 1024 * 1024, 1, 2**40),
             media_max_video_bytes=_int(e, "QLARA_MEDIA_MAX_VIDEO_BYTES", 100 * 1024 * 1024, 1, 2**40),
             export_ttl_s=_int(e, "QLARA_EXPORT_TTL", 24 * 3600, 60, 30 * 24 * 3600),
+            export_max_pending_per_account=_int(e, "QLARA_EXPORT_MAX_PENDING_PER_ACCOUNT", 5, 1, 10_000),
+            media_quota_bytes=_int(e, "QLARA_MEDIA_QUOTA_BYTES", 1024 * 1024 * 1024, 1, 2**50),
             prices=_prices(e, "QLARA_PRICES"),
             currency=(opt("QLARA_CURRENCY") or "EUR").upper(),
             campaign_deadline_s=_int(e, "QLARA_CAMPAIGN_DEADLINE", 72 * 3600, 1, 30 * 24 * 3600),

@@ -20,7 +20,7 @@ from typing import Any, Final
 import asyncpg
 import orjson
 import structlog
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from qlara_events import metrics
 from qlara_events.errors import BadRequest, NotFound, PayloadTooLarge, QlaraError, TooManyRequests, Unavailable
@@ -36,6 +36,12 @@ ROLE: Final = web.AppKey("role", str)
 
 #: Status recorded (metrics, log) for a request cancelled before it was answered: its client went away.
 CLIENT_GONE: Final = 499
+
+#: The largest JSON body a Platform API view reads unless it passes its own ``limit`` (the views that take
+#: long id or number arrays do): no object the API documents needs more.
+JSON_LIMIT: Final = 64 * 1024
+#: Bytes read from a multipart part per ``read_chunk``.
+PART_CHUNK: Final = 16 * 1024
 
 _CANCELLABLE: Final[set[Handler]] = set()
 #: Tasks of views that run on after their client left (strong references until they end).
@@ -212,7 +218,7 @@ def path_int(request: web.Request, name: str, what: str) -> int:
     return int(raw)
 
 
-async def json_object(request: web.Request, *, limit: int = 16 * 1024 * 1024,
+async def json_object(request: web.Request, *, limit: int = JSON_LIMIT,
                       empty_is_object: bool = False) -> dict[str, Any]:
     """The request body as a JSON object (400 otherwise; 413 past ``limit``); an empty body is ``{}`` if allowed."""
     raw = await read_body(request, limit)
@@ -239,3 +245,20 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"request body exceeds {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def text_part(part: BodyPartReader, max_chars: int) -> str:
+    """A multipart text field of at most ``max_chars`` characters; 400 as soon as more bytes than such a value can
+    take have arrived, so a huge field is never buffered (``part.read()`` would hold all of it first)."""
+    problem = f"{part.name} must be text of at most {max_chars} characters"
+    # Up to 4 UTF-8 bytes a character, and a transfer encoding (base64: 4/3) on top: enough never to cut short.
+    limit = 6 * max_chars + 8
+    raw = bytearray()
+    while chunk := await part.read_chunk(PART_CHUNK):
+        raw += chunk
+        if len(raw) > limit:
+            raise BadRequest(problem)
+    value = bytes(part.decode(bytes(raw))).decode("utf-8", "replace")
+    if len(value) > max_chars or "\x00" in value:
+        raise BadRequest(problem)
+    return value

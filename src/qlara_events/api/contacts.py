@@ -16,12 +16,13 @@ import asyncpg
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from qlara_events.api import params
 from qlara_events.api.auth import PREFIX, get_pool, principal
 from qlara_events.contacts import fields, phones, readers, vcard
 from qlara_events.contacts.importer import Import
 from qlara_events.contacts.rows import Columns, ImportRow
 from qlara_events.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
-from qlara_events.http import json_object, json_response
+from qlara_events.http import json_object, json_response, text_part
 from qlara_events.store import contacts as store
 
 BASE: Final = f"{PREFIX}/contacts"
@@ -232,7 +233,8 @@ async def search_contacts(request: web.Request) -> web.Response:
     page, limit, column, desc = _paging(q, 10, store.SORTABLE, "fullName")
     priority = _int(q, "sortPriorityListId", 0, 1, MAX_ID) or None
     rows = await store.search(get_pool(request.app), principal(request).account_id, filters, sort_column=column,
-                              descending=desc, priority_list_id=priority, limit=limit, offset=page * limit)
+                              descending=desc, priority_list_id=priority, limit=limit,
+                              offset=params.offset(page, limit))
     return json_response([contact_json(r) for r in rows])
 
 
@@ -306,11 +308,7 @@ class _Form:
                         raise BadRequest("one 'file' part per request")
                     await self._save(part)
                 elif part.name in text_fields:
-                    # Up to 4 UTF-8 bytes a character: enough bytes to tell a too-long value, never a silent cut.
-                    value = (await part.read(decode=True))[:4 * MAX_FIELD + 4].decode("utf-8", "replace")
-                    if len(value) > MAX_FIELD or "\x00" in value:
-                        raise BadRequest(f"{part.name} must be text of at most {MAX_FIELD} characters")
-                    self.fields[part.name] = value
+                    self.fields[part.name] = await text_part(part, MAX_FIELD)
         except (ValueError, HttpProcessingError) as exc:  # -- how aiohttp's multipart parser reports a malformed body
             raise BadRequest(f"malformed multipart body: {exc}") from None
         if self.path is None:
@@ -475,7 +473,7 @@ async def find_lists(request: web.Request) -> web.Response:
     search, is_test = _text(q, "search"), _bool(q, "isTest")
     page, limit, column, desc = _paging(q, 10, store.LIST_SORTABLE, "id")
     rows = await store.lists(get_pool(request.app), principal(request).account_id, search=search, is_test=is_test,
-                             sort_column=column, descending=desc, limit=limit, offset=page * limit)
+                             sort_column=column, descending=desc, limit=limit, offset=params.offset(page, limit))
     return json_response([list_json(r) for r in rows])
 
 
@@ -500,7 +498,8 @@ async def list_contacts(request: web.Request) -> web.Response:
     if list_id is None or not await store.list_exists(pool, account_id, list_id):
         raise NotFound("no such contact list in this account")
     rows = await store.search(pool, account_id, filters, sort_column=column, descending=desc,
-                              priority_list_id=priority, limit=limit, offset=page * limit, in_list=list_id)
+                              priority_list_id=priority, limit=limit, offset=params.offset(page, limit),
+                              in_list=list_id)
     return json_response([contact_json(r) for r in rows])
 
 

@@ -84,7 +84,7 @@ async def history(request: web.Request) -> web.Response:
     if start > end:
         return json_response([])
     rows = await messages.history(get_pool(request.app), principal(request).account_id, channel, start, end,
-                                  status.upper() if status else None, limit, page * limit)
+                                  status.upper() if status else None, limit, params.offset(page, limit))
     return json_response(rows)
 
 
@@ -103,12 +103,21 @@ def export_json(r: asyncpg.Record) -> dict[str, Any]:
     }
 
 
+#: A request body: enough for MAX_EXPORT_IDS ids (20 digits and a comma each) and the filters.
+MAX_BODY: Final = 512 * 1024
+
+
 async def _body(request: web.Request) -> dict[str, Any]:
-    return await json_object(request, empty_is_object=True)
+    return await json_object(request, limit=MAX_BODY, empty_is_object=True)
 
 
-async def _queue(request: web.Request, kind: str, params: dict[str, Any]) -> web.Response:
-    row = await store.create(get_pool(request.app), principal(request).account_id, kind, params)
+async def _queue(request: web.Request, kind: str, job: dict[str, Any]) -> web.Response:
+    cap = request.app[SETTINGS].export_max_pending_per_account
+    async with get_pool(request.app).acquire() as conn:
+        row = await store.create(conn, principal(request).account_id, kind, job, cap)
+    if row is None:
+        raise Conflict(f"the account already has {cap} exports queued or running: wait for one to finish "
+                       "(GET /exports)")
     request.app[EXPORTER].wake.set()
     return json_response(export_json(row), status=202)
 
@@ -182,7 +191,7 @@ async def list_exports(request: web.Request) -> web.Response:
     """GET /exports?page=&limit= (newest first)."""
     limit = params.query_int(request.query, "limit", 10, 1, 1000)
     page = params.query_int(request.query, "page", 0, 0, 1_000_000)
-    rows = await store.page(get_pool(request.app), principal(request).account_id, limit, page * limit)
+    rows = await store.page(get_pool(request.app), principal(request).account_id, limit, params.offset(page, limit))
     return json_response([export_json(r) for r in rows])
 
 
@@ -217,9 +226,11 @@ async def regenerate(request: web.Request) -> web.Response:
     old = await store.get(pool, account, _export_id(request))
     if old is None:
         raise NotFound("no such export in this account")
-    row = await store.regenerate(pool, account, _export_id(request))
+    row = await store.regenerate(pool, account, _export_id(request),
+                                 request.app[SETTINGS].export_max_pending_per_account)
     if row is None:
-        raise Conflict("this export is already being generated")
+        raise Conflict("this export is already being generated, or the account has as many exports queued or "
+                       "running as it may")
     if old["storage_key"]:
         await request.app[STORE].delete(old["storage_key"])
     request.app[EXPORTER].wake.set()

@@ -15,9 +15,13 @@ from qlara_events.api.auth import PREFIX, get_pool, principal, require_channel
 from qlara_events.api.shared import PUBLISHER
 from qlara_events.config import Settings
 from qlara_events.domain.status import Channel
-from qlara_events.errors import BadRequest, NotFound
+from qlara_events.errors import BadRequest, NotFound, Unavailable
 from qlara_events.http import json_object, json_response, path_int
+from qlara_events.logs import get_logger
+from qlara_events.projector import outbox
 from qlara_events.store import inbox as store
+
+log = get_logger("inbox")
 
 BASE: Final = f"{PREFIX}/inbox/conversations"
 SETTINGS: Final = web.AppKey("inbox_settings", Settings)
@@ -107,7 +111,7 @@ async def list_conversations(request: web.Request) -> web.Response:
     rows = await store.list_conversations(
         get_pool(request.app), principal(request).account_id, date_from=date_from, channels=channels,
         unread_only=bool(params.query_bool(q, "unreadOnly")), archived=archived,
-        order_column=store.ORDERABLE[field], descending=descending, limit=limit, offset=page * limit)
+        order_column=store.ORDERABLE[field], descending=descending, limit=limit, offset=params.offset(page, limit))
     return json_response([conversation_json(r) for r in rows])
 
 
@@ -166,12 +170,21 @@ async def reply(request: web.Request) -> web.Response:
         "origin": "inbox", "chatId": conv["chat_id"], "requestedAt": _ts(now),
     }
     pool = get_pool(request.app)
+    topic = request.app[SETTINGS].topics.send_requests
+    payload = {k: v for k, v in send_request.items() if v is not None}
+    # Recorded with its send request in the outbox, in one short transaction: no transaction (nor pool
+    # connection) waits for Kafka, which may take up to QLARA_INGEST_PRODUCE_TIMEOUT to answer.
     async with pool.acquire() as conn, conn.transaction():
-        # Recorded and produced together: a Kafka failure rolls the thread entry back (503, retry).
         thread_id = await store.record_reply(conn, conv["chat_id"], message_id, content,
                                              "TEMPLATE" if template else "TEXT", now)
-        await request.app[PUBLISHER].produce_json(request.app[SETTINGS].topics.send_requests, message_id,
-                                                  {k: v for k, v in send_request.items() if v is not None})
+        await outbox.enqueue(conn, topic, message_id, payload)
+    try:
+        await request.app[PUBLISHER].produce_json(topic, message_id, payload)
+    except Unavailable as exc:
+        # Accepted all the same: the projectors' outbox relay produces it (send requests carry a stable id).
+        log.warning("reply_relay_deferred", message_id=message_id, error=exc.message)
+    else:
+        await outbox.forget(pool, [message_id])
     return json_response({"chatId": conv["chat_id"], "id": thread_id, "messageId": message_id,
                           "customerMessageId": send_request["customerMessageId"], "status": "ACCEPTED"}, status=202)
 

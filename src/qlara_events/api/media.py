@@ -18,7 +18,7 @@ from qlara_events.api.shared import SIGNING_KEY, STORE, serve_signed
 from qlara_events.config import Settings
 from qlara_events.domain import media as kinds
 from qlara_events.errors import BadRequest, NotFound, PayloadTooLarge, QlaraError
-from qlara_events.http import json_response, path_int
+from qlara_events.http import json_response, path_int, text_part
 from qlara_events.storage import new_key, sign_url
 from qlara_events.store import media as store
 
@@ -51,12 +51,18 @@ def media_json(app: web.Application, r: asyncpg.Record) -> dict[str, Any]:
     }
 
 
+def _over_quota(settings: Settings) -> str:
+    return (f"the account's media storage quota ({settings.media_quota_bytes} bytes) would be exceeded: delete "
+            "media (DELETE /media/{id}) first")
+
+
 class _Upload:
     """Streams one file part to the blob store, sniffing its type and enforcing the type's size limit."""
 
-    def __init__(self, part: BodyPartReader, settings: Settings) -> None:
+    def __init__(self, part: BodyPartReader, settings: Settings, quota_left: int) -> None:
         self.part = part
         self.settings = settings
+        self.quota_left = quota_left
         self.mime: str | None = None
         self.head = b""
         self.sha = hashlib.sha256()
@@ -82,6 +88,8 @@ class _Upload:
             size += len(chunk)
             if size > self._limit():
                 raise PayloadTooLarge(f"{self.mime} files are limited to {self._limit()} bytes")
+            if size > self.quota_left:
+                raise PayloadTooLarge(_over_quota(self.settings))
             if len(self.head) < HEAD_BYTES:
                 self.head += chunk[:HEAD_BYTES - len(self.head)]
             self.sha.update(chunk)
@@ -110,6 +118,10 @@ async def upload(request: web.Request) -> web.Response:
     blobs = request.app[STORE]
     fields: dict[str, str] = {}
     stored: tuple[_Upload, str, int, str] | None = None
+    account = principal(request).account_id
+    quota_left = settings.media_quota_bytes - await store.used_bytes(get_pool(request.app), account)
+    if quota_left <= 0:
+        raise PayloadTooLarge(_over_quota(settings))
     reader = await request.multipart()
     try:
         while (part := await reader.next()) is not None:
@@ -118,16 +130,12 @@ async def upload(request: web.Request) -> web.Response:
             if part.name == "file":
                 if stored is not None:
                     raise BadRequest("one 'file' part per request")
-                up = _Upload(part, settings)
+                up = _Upload(part, settings, quota_left)
                 key = new_key("m")
                 size = await blobs.write(key, up.chunks())
                 stored = (up, key, size, part.filename or "file")
             elif part.name in ("name", "description", "folderId"):
-                # Up to 4 UTF-8 bytes a character: enough bytes to tell a too-long value, never a silent cut.
-                value = (await part.read(decode=True))[:4 * MAX_FIELD + 4].decode("utf-8", "replace")
-                if len(value) > MAX_FIELD or "\x00" in value:
-                    raise BadRequest(f"{part.name} must be text of at most {MAX_FIELD} characters")
-                fields[part.name] = value
+                fields[part.name] = await text_part(part, MAX_FIELD)
     except QlaraError:
         if stored:
             await blobs.delete(stored[1])
@@ -154,10 +162,15 @@ async def upload(request: web.Request) -> web.Response:
             raise BadRequest(f"folderId must be an integer between 1 and {MAX_FOLDER_ID}")
         folder_id = int(raw)
     wh = kinds.dimensions(up.mime, up.head)
-    row = await store.insert(
-        get_pool(request.app), principal(request).account_id, name=fields.get("name") or filename,
-        description=fields.get("description"), folder_id=folder_id, mime_type=up.mime, size=size,
-        width=wh[0] if wh else None, height=wh[1] if wh else None, sha256=up.sha.hexdigest(), storage_key=key)
+    async with get_pool(request.app).acquire() as conn:
+        row = await store.insert(
+            conn, account, name=fields.get("name") or filename, description=fields.get("description"),
+            folder_id=folder_id, mime_type=up.mime, size=size, width=wh[0] if wh else None,
+            height=wh[1] if wh else None, sha256=up.sha.hexdigest(), storage_key=key,
+            quota_bytes=settings.media_quota_bytes)
+    if row is None:  # another upload of the account took the space meanwhile
+        await blobs.delete(key)
+        raise PayloadTooLarge(_over_quota(settings))
     return json_response(media_json(request.app, row), status=201)
 
 
@@ -177,7 +190,7 @@ async def list_media(request: web.Request) -> web.Response:
     if order not in ("asc", "desc"):
         raise BadRequest("sortOrder must be asc or desc")
     rows = await store.page(get_pool(request.app), principal(request).account_id, sort_column=store.SORTABLE[sort_by],
-                            descending=order == "desc", limit=limit, offset=page * limit)
+                            descending=order == "desc", limit=limit, offset=params.offset(page, limit))
     return json_response([media_json(request.app, r) for r in rows])
 
 

@@ -74,6 +74,19 @@ def query_int(q: Mapping[str, str], name: str, default: int, lo: int, hi: int) -
     return int(raw)
 
 
+#: The deepest row a paged list reaches (page * limit): an offset is read and skipped row by row, so a page of
+#: 1,000 at page 10,000,000 would make Postgres skip ten billion rows. Past it, filter or export instead.
+MAX_OFFSET: Final = 100_000
+
+
+def offset(page: int, limit: int) -> int:
+    """The row offset of ``page`` (0-based) of ``limit`` rows; 400 past :data:`MAX_OFFSET`."""
+    if page * limit > MAX_OFFSET:
+        raise BadRequest(f"page * limit must be at most {MAX_OFFSET}: filter the list or use an export to read "
+                         "further")
+    return page * limit
+
+
 def query_bool(q: Mapping[str, str], name: str) -> bool | None:
     """An optional boolean query parameter: exactly true or false."""
     raw = q.get(name)

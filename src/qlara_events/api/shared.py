@@ -16,6 +16,10 @@ STORE: Final = web.AppKey("blob_store", BlobStore)
 SIGNING_KEY: Final = web.AppKey("url_signing_key", bytes)
 #: Produces to qlara.send-requests (inbox replies, campaign messages).
 PUBLISHER: Final = web.AppKey("api_publisher", Publisher)
+#: Headers of every served file: browsers must not guess another type than the stored one (an upload sniffed
+#: as HTML would run as script on this origin), and a file opened directly runs in a sandbox without scripts.
+SAFE_FILE_HEADERS: Final = {"X-Content-Type-Options": "nosniff",
+                            "Content-Security-Policy": "default-src 'none'; sandbox"}
 
 
 async def serve_signed(request: web.Request, prefix: str, lookup: Callable[[str], Awaitable[asyncpg.Record | None]],
@@ -32,4 +36,4 @@ async def serve_signed(request: web.Request, prefix: str, lookup: Callable[[str]
     row = await lookup(key)
     if row is None:
         raise NotFound(gone)
-    return web.FileResponse(request.app[STORE].path(key), headers=dict(headers(row)))
+    return web.FileResponse(request.app[STORE].path(key), headers={**headers(row), **SAFE_FILE_HEADERS})

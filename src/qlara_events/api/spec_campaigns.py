@@ -43,7 +43,8 @@ def schemas() -> dict[str, Any]:
         "destinationType": {**editable["destinationType"],
                             "description": "1 contactListIds, 2 destinations; default 1 when contactListIds is "
                                            "sent, else 2 when destinations is"},
-        "contactListIds": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": views.MAX_LIST_ID}},
+        "contactListIds": {"type": "array", "maxItems": views.MAX_CONTACT_LISTS,
+                           "items": {"type": "integer", "minimum": 1, "maximum": views.MAX_LIST_ID}},
         "destinations": {"type": "array", "maxItems": views.MAX_DESTINATIONS,
                          "items": {"type": "string", "pattern": phones.E164_PATTERN},
                          "description": "E.164 numbers libphonenumber can place (others are a 400)"},

@@ -12,6 +12,13 @@ MP4: Final = "video/mp4"
 SUPPORTED: Final = (JPEG, PNG, GIF, MP4)
 #: Bytes needed to recognise every supported type.
 SNIFF_BYTES: Final = 32
+#: Major brands of the ISO base media files served as video/mp4 (ISO 14496-12/-14, Apple's M4V, 3GPP, DASH).
+#: ``ftyp`` at bytes 4 to 8 alone is not enough: any file (an HTML page) can carry it there.
+MP4_BRANDS: Final = frozenset({
+    b"isom", b"iso2", b"iso3", b"iso4", b"iso5", b"iso6", b"iso7", b"iso8", b"iso9", b"mp41", b"mp42", b"avc1",
+    b"M4V ", b"M4VH", b"M4VP", b"mmp4", b"MSNV", b"dash", b"3gp4", b"3gp5", b"3gp6", b"3g2a", b"qt  "})
+#: An ``ftyp`` box: size (big-endian, 16 bytes plus 4 per compatible brand), type, major brand, minor version.
+MAX_FTYP: Final = 1024
 
 
 def sniff(head: bytes) -> str | None:
@@ -22,9 +29,17 @@ def sniff(head: bytes) -> str | None:
         return PNG
     if head[:6] in (b"GIF87a", b"GIF89a"):
         return GIF
-    if len(head) >= 12 and head[4:8] == b"ftyp":
+    if _is_mp4(head):
         return MP4
     return None
+
+
+def _is_mp4(head: bytes) -> bool:
+    """An ISO base media file: a well-formed leading ``ftyp`` box whose major brand is an MP4 one."""
+    if len(head) < 16 or head[4:8] != b"ftyp":
+        return False
+    (size,) = struct.unpack(">I", head[:4])
+    return 16 <= size <= MAX_FTYP and size % 4 == 0 and head[8:12] in MP4_BRANDS
 
 
 def is_image(mime: str) -> bool:

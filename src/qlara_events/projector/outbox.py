@@ -21,6 +21,8 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from qlara_events.store.db import Conn
+
 #: Rows older than this are leftovers of a projector that stopped between commit and acknowledgement.
 LEFTOVER_AGE_S: Final = 10.0
 
@@ -29,6 +31,8 @@ select id, topic, payload from status_outbox where created_at < now() - make_int
 order by id limit $1 for update skip locked
 """
 SQL_DELETE: Final = "delete from status_outbox where id = any($1::bigint[])"
+#: A record queued by another writer than the projector (an inbox reply's send request): same table, same relay.
+SQL_ENQUEUE: Final = "insert into status_outbox (change_id, topic, payload) values ($1, $2, $3)"
 #: Rows another relay holds are left to it (it deletes them after producing).
 SQL_FORGET: Final = """
 delete from status_outbox where id in
@@ -43,6 +47,15 @@ async def produce(producer: AIOKafkaProducer, topic: str, transitions: Sequence[
     ]
     await asyncio.gather(*futures)
     return [t["id"] for t in transitions]
+
+
+async def enqueue(conn: Conn, topic: str, change_id: str, payload: dict[str, Any]) -> None:
+    """Queue ``payload`` (which has a ``messageId``, its key) for ``topic`` in the caller's transaction.
+
+    The caller produces it after its commit, then deletes it with :func:`forget`; if that produce fails, the
+    projectors' leftovers relay produces it once it is :data:`LEFTOVER_AGE_S` old.
+    """
+    await conn.execute(SQL_ENQUEUE, change_id, topic, payload)
 
 
 async def forget(pool: asyncpg.Pool, change_ids: Sequence[str]) -> None:

@@ -15,12 +15,22 @@ COLUMNS: Final = ("export_id, kind, params, status, attempts, row_count, size, s
                   " started_at, completed_at, expires_at")
 
 
-async def create(db: Db, account_id: str, kind: str, params: dict[str, Any]) -> asyncpg.Record:
-    """Queue a job."""
-    row = await db.fetchrow(f"insert into exports (account_id, kind, params) values ($1, $2, $3) returning {COLUMNS}",
-                            account_id, kind, params)
-    assert row is not None
-    return row
+#: Queue a job unless the account already has ``$4`` queued or running. The advisory lock (per account, for
+#: the transaction) serialises concurrent requests of one account, so the count cannot be overtaken.
+SQL_CREATE_CAPPED: Final = f"""
+with locked as (select pg_advisory_xact_lock(hashtext('qlara-exports:' || $1)))
+insert into exports (account_id, kind, params)
+select $1, $2, $3 from locked
+where (select count(*) from exports where account_id = $1 and status = 'PENDING') < $4
+returning {COLUMNS}
+"""
+
+
+async def create(conn: Conn, account_id: str, kind: str, params: dict[str, Any],
+                 max_pending: int) -> asyncpg.Record | None:
+    """Queue a job; None when the account already has ``max_pending`` jobs queued or running."""
+    async with conn.transaction():
+        return await conn.fetchrow(SQL_CREATE_CAPPED, account_id, kind, params, max_pending)
 
 
 async def page(db: Db, account_id: str, limit: int, offset: int) -> list[asyncpg.Record]:
@@ -36,24 +46,34 @@ async def get(db: Db, account_id: str, export_id: int) -> asyncpg.Record | None:
                              account_id, export_id)
 
 
-async def regenerate(db: Db, account_id: str, export_id: int) -> asyncpg.Record | None:
-    """Queue a finished job again (a new file; the old one is removed by the caller)."""
+async def regenerate(db: Db, account_id: str, export_id: int, max_pending: int) -> asyncpg.Record | None:
+    """Queue a finished job again (a new file; the old one is removed by the caller); None when it is pending
+    already or the account has ``max_pending`` jobs queued or running."""
     return await db.fetchrow(
         "update exports set status = 'PENDING', attempts = 0, lease_until = null, error = null, row_count = null,"
         " size = null, started_at = null, completed_at = null, expires_at = null"
-        f" where account_id = $1 and export_id = $2 and status <> 'PENDING' returning {COLUMNS}",
-        account_id, export_id)
+        f" where account_id = $1 and export_id = $2 and status <> 'PENDING' and (select count(*) from exports"
+        f" where account_id = $1 and status = 'PENDING') < $3 returning {COLUMNS}",
+        account_id, export_id, max_pending)
 
 
 #: Claim one job: a PENDING one, or one whose worker died (lease expired). Jobs that failed too often end
 #: FAILED in :data:`SQL_GIVE_UP` instead of being retried forever.
+#:
+#: Fair across accounts, not first come first served (one account queueing many large exports must not
+#: starve the others): the oldest job of the account with the fewest jobs running now, and among those the
+#: account whose last job started longest ago (one that never ran first), so accounts take turns.
 SQL_CLAIM: Final = f"""
 update exports set attempts = attempts + 1, lease_until = now() + make_interval(secs => $1),
        started_at = coalesce(started_at, now())
 where export_id = (
-    select export_id from exports
-    where status = 'PENDING' and (lease_until is null or lease_until < now()) and attempts < $2
-    order by created_at limit 1 for update skip locked)
+    select e.export_id from exports e
+    where e.status = 'PENDING' and (e.lease_until is null or e.lease_until < now()) and e.attempts < $2
+    order by (select count(*) from exports r where r.account_id = e.account_id and r.status = 'PENDING'
+                  and r.lease_until >= now()),
+             (select max(r.started_at) from exports r where r.account_id = e.account_id) nulls first,
+             e.created_at
+    limit 1 for update of e skip locked)
 returning {COLUMNS}, account_id
 """
 
@@ -97,14 +117,17 @@ async def by_storage_key(db: Db, key: str) -> asyncpg.Record | None:
 
 
 # --------------------------------------------------------------------------------------- what is exported
+# Every free-text cell goes through csv_cell (migration 015): one that a spreadsheet would evaluate as a
+# formula gets a leading single quote.
 
 #: API-originated messages (campaign sends excluded) — or, with campaignId, that campaign's messages —
 #: every channel in one file, by submission time.
 SQL_HISTORY_CSV: Final = """
-select m.message_id as "messageId", m.customer_message_id as "customerMessageId", m.channel,
-       m.destination, m.sender, m.status as "deliveryStatus", m.description as "deliveryStatusDescription",
+select csv_cell(m.message_id) as "messageId", csv_cell(m.customer_message_id) as "customerMessageId", m.channel,
+       csv_cell(m.destination) as destination, csv_cell(m.sender) as sender, m.status as "deliveryStatus",
+       csv_cell(m.description) as "deliveryStatusDescription",
        m.parts, m.submitted_at as "sendDate", m.delivered_at as "deliveryDate", m.read_at as "readDate",
-       m.failed_at as "failedDate", m.error_code as "errorCode"
+       m.failed_at as "failedDate", csv_cell(m.error_code) as "errorCode"
 from messages m
 where m.account_id = $1 and m.submitted_at >= $2 and m.submitted_at <= $3
   and (($6::text is null and m.campaign_id is null) or m.campaign_id = $6)
@@ -114,8 +137,9 @@ order by m.submitted_at, m.message_id
 
 #: Every status receipt of the account's messages in a window or of one campaign.
 SQL_DELIVERY_REPORTS_CSV: Final = """
-select e.message_id as "messageId", m.customer_message_id as "customerMessageId", m.campaign_id as "campaignId",
-       m.channel, m.destination, e.status, e.raw_status as "providerStatus", e.provider, e.effect,
+select csv_cell(e.message_id) as "messageId", csv_cell(m.customer_message_id) as "customerMessageId",
+       csv_cell(m.campaign_id) as "campaignId", m.channel, csv_cell(m.destination) as destination, e.status,
+       csv_cell(e.raw_status) as "providerStatus", e.provider, e.effect,
        e.occurred_at as "occurredAt", e.received_at as "receivedAt"
 from message_events e join messages m on m.message_id = e.message_id
 where m.account_id = $1 and e.type = 'message.status'
@@ -128,8 +152,9 @@ order by e.occurred_at, e.event_id
 #: and ids of other accounts match nothing (the contact and the list must both be the account's). listIds is
 #: every list of the account the contact belongs to, ';'-joined; timestamps are ISO 8601 in UTC.
 SQL_CONTACTS_CSV: Final = """
-select c.contact_id as "id", c.phone_number as "phoneNumber", c.email, c.first_name as "firstName",
-       c.last_name as "lastName", c.full_name as "fullName", c.gender, c.custom_fields::text as "customFields",
+select c.contact_id as "id", csv_cell(c.phone_number) as "phoneNumber", csv_cell(c.email) as email,
+       csv_cell(c.first_name) as "firstName", csv_cell(c.last_name) as "lastName", csv_cell(c.full_name) as "fullName",
+       c.gender, c.custom_fields::text as "customFields",
        c.is_valid::text as "isValid", array_to_string(c.communication_supported, ';') as "communicationSupported",
        c.is_test::text as "isTest", c.last_contact_type as "lastContactType",
        c.last_campaign_type as "lastCampaignType",

@@ -14,16 +14,29 @@ COLUMNS: Final = ("media_id, name, description, folder_id, mime_type, size, widt
 SORTABLE: Final = {"id": "media_id", "name": "name", "createdAt": "created_at", "size": "size"}
 
 
-async def insert(db: Db, account_id: str, *, name: str, description: str | None, folder_id: int | None,
+#: Record a file unless the account's media would then exceed ``$11`` bytes; the advisory lock (per account,
+#: for the transaction) serialises concurrent uploads of one account, so two cannot both fit in the last space.
+SQL_INSERT_WITHIN_QUOTA: Final = f"""
+with locked as (select pg_advisory_xact_lock(hashtext('qlara-media-quota:' || $1)))
+insert into media (account_id, name, description, folder_id, mime_type, size, width, height, sha256, storage_key)
+select $1, $2, $3, $4, $5, $6::bigint, $7, $8, $9, $10 from locked
+where (select coalesce(sum(size), 0) from media where account_id = $1) + $6::bigint <= $11::bigint
+returning {COLUMNS}
+"""
+
+
+async def used_bytes(db: Db, account_id: str) -> int:
+    """Bytes of media the account stores."""
+    return int(await db.fetchval("select coalesce(sum(size), 0) from media where account_id = $1", account_id))
+
+
+async def insert(conn: Conn, account_id: str, *, name: str, description: str | None, folder_id: int | None,
                  mime_type: str, size: int, width: int | None, height: int | None, sha256: str,
-                 storage_key: str) -> asyncpg.Record:
-    """Record an uploaded file."""
-    row = await db.fetchrow(
-        "insert into media (account_id, name, description, folder_id, mime_type, size, width, height, sha256,"
-        f" storage_key) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) returning {COLUMNS}",
-        account_id, name, description, folder_id, mime_type, size, width, height, sha256, storage_key)
-    assert row is not None
-    return row
+                 storage_key: str, quota_bytes: int) -> asyncpg.Record | None:
+    """Record an uploaded file; None when it does not fit in the account's ``quota_bytes``."""
+    async with conn.transaction():
+        return await conn.fetchrow(SQL_INSERT_WITHIN_QUOTA, account_id, name, description, folder_id, mime_type,
+                                   size, width, height, sha256, storage_key, quota_bytes)
 
 
 async def get(db: Db, account_id: str, media_id: int) -> asyncpg.Record | None:
