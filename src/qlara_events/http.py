@@ -11,8 +11,8 @@ as if the client were still there (:func:`finish_unless_cancellable`).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, Final
@@ -82,9 +82,9 @@ def _route(request: web.Request) -> str:
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind a request id to every log line of the request, time it and count it."""
-    rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    rid = request.headers.get("X-Request-Id") or os.urandom(16).hex()
     if len(rid) > 128 or not rid.isascii() or not rid.isprintable():
-        rid = uuid.uuid4().hex
+        rid = os.urandom(16).hex()
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=rid)
     route = _route(request)
@@ -235,8 +235,11 @@ async def json_object(request: web.Request, *, limit: int = JSON_LIMIT,
 
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The request body, refusing with 413 as soon as it exceeds ``limit`` bytes (never buffered past it)."""
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+    if request.content_length is not None:
+        if request.content_length > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        # The parser delivers exactly Content-Length bytes: one read, no chunk loop.
+        return await request.read()
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_chunked(64 * 1024):

@@ -12,7 +12,7 @@ import datetime as dt
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -247,12 +247,12 @@ def e164(number: str, what: str) -> str:
 
 def hmac_digest(algorithm: str, key: str, message: bytes) -> bytes:
     """The raw HMAC of ``message`` keyed by ``key`` (UTF-8)."""
-    return hmac.new(key.encode("utf-8"), message, algorithm).digest()
+    return hmac.digest(key.encode("utf-8"), message, algorithm)  # one-shot: OpenSSL's C path, no HMAC object
 
 
 def hmac_hex(algorithm: str, key: str, message: bytes) -> str:
     """The lower-case hex HMAC of ``message``."""
-    return hmac.new(key.encode("utf-8"), message, algorithm).hexdigest()
+    return hmac.digest(key.encode("utf-8"), message, algorithm).hex()
 
 
 def hmac_b64(algorithm: str, key: str, message: bytes) -> str:
@@ -278,26 +278,25 @@ def basic_auth_password(header: str | None) -> str | None:
 _DEFAULT_PORTS: Final = {"https": 443, "http": 80}
 
 
-def url_port_variants(url: str) -> list[str]:
-    """``url`` as given plus with the default port toggled.
+def url_port_variants(url: str) -> Iterator[str]:
+    """``url`` as given, then (only if asked for) with the default port toggled.
 
     Twilio signs the URL as it dialled it; behind a proxy the rebuilt URL may gain or lose ``:443``,
-    so its own validators try both spellings (twilio-python ``RequestValidator.validate``).
+    so its own validators try both spellings (twilio-python ``RequestValidator.validate``). The second
+    spelling is built lazily: a signature that matches the URL as given never pays for it.
     """
+    yield url
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        return [url]
+        return
     default = _DEFAULT_PORTS.get(parts.scheme.lower())
     host = parts.hostname
     if default is None or host is None or parts.username or parts.password:
-        return [url]
+        return
     host = f"[{host}]" if ":" in host else host
     if port is None:
-        other = urlunsplit(parts._replace(netloc=f"{host}:{default}"))
+        yield urlunsplit(parts._replace(netloc=f"{host}:{default}"))
     elif port == default:
-        other = urlunsplit(parts._replace(netloc=host))
-    else:
-        return [url]
-    return [url, other]
+        yield urlunsplit(parts._replace(netloc=host))
