@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, Phase
 from schemathesis import GenerationMode
 from schemathesis.schemas import APIOperation, BaseSchema
 
-from qlara_events.api.spec import build
+from qlara_events.api.spec import build, paged_operations
 
 from support.live import Account, LiveServer
 
@@ -68,6 +68,14 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403",
 include-operation-id = ["createCampaign"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409"]
 """
+
+# page * limit past MAX_OFFSET rows is the document's 400 on every paged list (said on ``page``): a rule across
+# two parameters that no schema can state, so schema-valid data may meet it.
+CONFIG += f"""
+[[operations]]
+include-operation-id = {[op["operationId"] for op in paged_operations(build()["paths"])]!r}
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409"]
+""".replace("'", '"')
 
 
 def _cases() -> list[tuple[str, str, GenerationMode]]:

@@ -22,6 +22,7 @@ from qlara_events.api.openapi_parts import JSON
 from qlara_events.api.openapi_parts import error as _error
 from qlara_events.api.openapi_parts import ok as _ok
 from qlara_events.api.openapi_parts import ref as _ref
+from qlara_events.api.params import MAX_OFFSET
 from qlara_events.domain.status import STATUS_CODES, Channel, DeliveryStatus
 
 _CHANNEL_QUERY = {
@@ -35,6 +36,24 @@ _AUTH_ERRORS = {"401": _error("API key missing, invalid or revoked"),
 
 _STATUS_CODE_TABLE = ", ".join(f"{code} = {status.value}" for status, code in
                                sorted(STATUS_CODES.items(), key=lambda kv: kv[1]))
+
+
+def paged_operations(paths: dict[str, Any]) -> list[dict[str, Any]]:
+    """The operations that take a ``page`` query parameter."""
+    return [op for ops in paths.values() for op in ops.values()
+            if any(q.get("name") == "page" and q.get("in") == "query" for q in op.get("parameters", []))]
+
+
+def _document_page_depth(paths: dict[str, Any]) -> None:
+    """Every paged list reads at most MAX_OFFSET rows deep: a rule across two parameters, so it is said in
+    words on ``page`` and by the 400 it answers (a schema cannot bound a product)."""
+    rule = (f"page * limit is at most {MAX_OFFSET:,} rows deep; beyond, 400: narrow the list with its filters "
+            "or export it")
+    for op in paged_operations(paths):
+        for q in op["parameters"]:
+            if q.get("name") == "page":
+                q["description"] = f"{q['description']}. {rule}" if q.get("description") else rule
+        op["responses"].setdefault("400", _error("Invalid parameters"))
 
 
 def build() -> dict[str, Any]:
@@ -211,6 +230,7 @@ def build() -> dict[str, Any]:
                      spec_contacts):
         paths.update(fragment.paths(p))
         schemas.update(fragment.schemas())
+    _document_page_depth(paths)
     return {
         "openapi": "3.1.0",
         "info": {
