@@ -121,6 +121,8 @@ class Settings:
     #: Partner webhooks (dispatcher role and the webhook configuration API).
     webhook_require_https: bool = True
     webhook_allowed_networks: str = ""
+    #: Ports a webhook URL may name besides 443 and 80 (any other port is refused at registration and delivery).
+    webhook_allowed_ports: frozenset[int] = frozenset()
     webhook_retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
     webhook_timeout_s: float = 15.0
     webhook_rotation_overlap_s: int = 24 * 3600
@@ -216,6 +218,7 @@ class Settings:
             consumer_group_projector=opt("QLARA_PROJECTOR_GROUP") or "qlara-projector",
             webhook_require_https=_bool(e, "QLARA_WEBHOOK_REQUIRE_HTTPS", True),
             webhook_allowed_networks=opt("QLARA_WEBHOOK_ALLOWED_NETWORKS") or "",
+            webhook_allowed_ports=_ports(e, "QLARA_WEBHOOK_ALLOWED_PORTS"),
             webhook_retry_schedule=_schedule(e, "QLARA_WEBHOOK_RETRY_SCHEDULE"),
             webhook_timeout_s=_float(e, "QLARA_WEBHOOK_TIMEOUT", 15.0, 0.1, 300.0),
             webhook_rotation_overlap_s=_int(e, "QLARA_WEBHOOK_ROTATION_OVERLAP", 24 * 3600, 0, 30 * 24 * 3600),
@@ -298,6 +301,21 @@ def _plans(e: Mapping[str, str], name: str) -> dict[str, tuple[int, int]]:
         if not plan.strip() or plans[plan.strip()][0] < 1 or plans[plan.strip()][1] < 1:
             raise ConfigError(f"{name}: every plan needs a name and positive limits")
     return plans
+
+
+def _ports(e: Mapping[str, str], name: str) -> frozenset[int]:
+    """Comma-separated ports and inclusive ranges, e.g. ``8443,9000-9100``."""
+    ports: set[int] = set()
+    for item in filter(None, (i.strip() for i in e.get(name, "").split(","))):
+        lo, _, hi = item.partition("-")
+        try:
+            first, last = int(lo), int(hi or lo)
+        except ValueError:
+            raise ConfigError(f"{name} must look like 8443,9000-9100") from None
+        if not 1 <= first <= last <= 65535:
+            raise ConfigError(f"{name}: ports are 1 to 65535, ranges low-high")
+        ports.update(range(first, last + 1))
+    return frozenset(ports)
 
 
 def _schedule(e: Mapping[str, str], name: str) -> tuple[float, ...]:

@@ -5,16 +5,22 @@ Each test performs the attack as a hostile tenant would and asserts it fails; ea
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 
 from qlara_events.domain.campaigns import format_schedule
 
-from support.live import Account, LiveServer, wait_until
+from support.isolated import free_port
+from support.live import Account, LiveServer, post_events, serve, status, submitted, uid, wait_until
+from support.settings import make_settings, new_account
 
 P = "/partner-gateway/v1"
 KEYS = f"{P}/authentication"
@@ -112,3 +118,70 @@ class TestCampaignCredit:
         done = await wait_until(ended, timeout=30, what="the campaign's settlement")
         assert done["messagesCreated"] == 1
         assert await db.fetchval("select credit from accounts where account_id = $1", account.id) >= 0
+
+
+@contextlib.asynccontextmanager
+async def not_http(banner: bytes) -> AsyncIterator[int]:
+    """A TCP service on loopback that is not an HTTP server (as SSH or a database would be): its port."""
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(banner)
+        with contextlib.suppress(OSError):
+            await writer.drain()
+        writer.close()
+
+    srv = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield srv.sockets[0].getsockname()[1]
+    finally:
+        srv.close()
+        await srv.wait_closed()
+
+
+class TestWebhookOracle:
+    """Item 11: registering and delivering webhooks tells a partner nothing about hosts and ports it cannot see."""
+
+    async def test_registration_does_not_echo_the_resolved_address(self, http, infra: tuple[str, str],
+                                                                   db: asyncpg.Pool) -> None:
+        """With no network exempted, a name that resolves to loopback is a 400 that does not name the address;
+        an unresolvable name gets the same answer (no oracle for which internal names exist)."""
+        settings = make_settings(*infra, QLARA_WEBHOOK_ALLOWED_NETWORKS="")
+        account = await new_account(db)
+        async with serve(settings, ["api"]) as own:
+            answers = []
+            for host in ("localhost", f"{uid('nx')}.invalid"):
+                code, body = await call(http, own.url, "POST", HOOK, account.headers,
+                                        {"callbackUrl": f"http://{host}/hook"})
+                assert code == 400 and body["error"] == "Bad Request", body
+                assert "127.0.0.1" not in body["message"] and "loopback" not in body["message"], body
+                answers.append(body["message"])
+            assert answers[0] == answers[1]
+
+    @pytest.mark.parametrize("port", [22, 25, 111, 1023])
+    async def test_other_ports_refused(self, http, server: LiveServer, account: Account, port: int) -> None:
+        """Ports other than 443, 80 and the configured ones (1024-65535 in the test settings) are a 400."""
+        code, body = await call(http, server.url, "POST", HOOK, account.headers,
+                                {"callbackUrl": f"http://127.0.0.1:{port}/hook"})
+        assert code == 400 and "port" in body["message"], body
+
+    async def test_delivery_log_does_not_map_ports(self, http, server: LiveServer, db: asyncpg.Pool) -> None:
+        """A webhook on a closed port and one on a port where a non-HTTP service listens log the same error."""
+        errors = []
+        async with not_http(b"SSH-2.0-OpenSSH_9.6\r\n") as listening:
+            for port in (free_port(), listening):
+                account = await new_account(db)
+                code, _ = await call(http, server.url, "POST", HOOK, account.headers,
+                                     {"callbackUrl": f"http://127.0.0.1:{port}/hook"})
+                assert code == 201
+                sub = submitted(account.id)
+                resp = await post_events(http, server, [sub, status("DELIVERED", message_id=sub["messageId"])])
+                assert resp.status in (200, 202)
+
+                async def failed(a: Account = account) -> str | None:
+                    _, page = await call(http, server.url, "GET", f"{HOOK}/deliveries", a.headers)
+                    items = [d for d in page["items"] if d["error"]]
+                    return items[0]["error"] if items else None
+
+                errors.append(await wait_until(failed, timeout=30, what=f"a failed attempt on port {port}"))
+        closed, open_ = errors
+        assert closed == open_, errors
+        assert not any(w in closed.lower() for w in ("refused", "errno", "status line", "ssh")), errors

@@ -30,6 +30,8 @@ def make_settings(kafka: str, database: str, **overrides: str) -> Settings:
         "QLARA_DISPATCHER_GROUP": f"{prefix}dispatcher",
         "QLARA_WEBHOOK_REQUIRE_HTTPS": "false",
         "QLARA_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+        # The loopback receivers listen on ephemeral ports.
+        "QLARA_WEBHOOK_ALLOWED_PORTS": "1024-65535",
         "QLARA_WEBHOOK_RETRY_SCHEDULE": "0,0.3,0.3,0.3",
         "QLARA_WEBHOOK_TIMEOUT": "3",
         "QLARA_WEBHOOK_BREAKER_COOLDOWN": "1",

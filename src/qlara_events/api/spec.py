@@ -320,7 +320,8 @@ def _webhook_paths(p: str) -> dict[str, Any]:
     tag = ["Webhooks"]
     body = {"required": True, "content": {JSON: {"schema": _ref("WebhookRequest")}}}
     none = _error("No webhook configured for this account")
-    bad_url = _error("callbackUrl missing, malformed, not HTTPS, or resolving to a forbidden address")
+    bad_url = _error("callbackUrl missing, malformed, not HTTPS, on a port other than 443, 80 or one the operator "
+                     "allows (QLARA_WEBHOOK_ALLOWED_PORTS), or its host not resolving to public addresses only")
     delivery_id = {"name": "deliveryId", "in": "path", "required": True, "schema": {"type": "string"}}
     window = {"type": "object", "required": ["since", "until"],
               "properties": {"since": {"type": "string", "format": "date-time"},

@@ -12,11 +12,22 @@ from aiohttp import web
 
 from qlara_events.api.auth import PREFIX, get_pool, principal
 from qlara_events.config import Settings
-from qlara_events.dispatcher.ssrf import check_url, parse_networks, resolve_checked
+from qlara_events.dispatcher.ssrf import (
+    GENERIC_REFUSAL,
+    UNRESOLVABLE,
+    ForbiddenDestination,
+    check_url,
+    parse_networks,
+    resolve_checked,
+    webhook_ports,
+)
 from qlara_events.errors import BadRequest, Conflict, NotFound
 from qlara_events.http import json_object, json_response
+from qlara_events.logs import get_logger
 from qlara_events.standard_webhooks import new_secret
 from qlara_events.store import webhooks as store
+
+log = get_logger("webhooks")
 
 SETTINGS: Final = web.AppKey("webhook_settings", Settings)
 BASE: Final = f"{PREFIX}/webhooks/delivery-status"
@@ -60,9 +71,18 @@ async def _callback_url(request: web.Request) -> str:
         raise BadRequest("callbackUrl must not contain control characters")
     s = request.app[SETTINGS]
     allowed = parse_networks(s.webhook_allowed_networks)
-    parsed = check_url(url, require_https=s.webhook_require_https, allowed=allowed)
-    assert parsed.host is not None
-    await resolve_checked(parsed.host, parsed.port or 443, allowed=allowed)
+    try:
+        parsed = check_url(url, require_https=s.webhook_require_https, allowed=allowed,
+                           ports=webhook_ports(s.webhook_allowed_ports))
+        assert parsed.host is not None
+        await resolve_checked(parsed.host, parsed.port or 443, allowed=allowed)
+    except ForbiddenDestination as exc:
+        if exc.address is None and exc.reason != UNRESOLVABLE:
+            raise  # about the URL's form alone (scheme, port, credentials...): nothing the caller does not know
+        # What the host is or resolves to stays here: otherwise registration is a resolver for internal names.
+        log.warning("webhook_destination_refused", account_id=principal(request).account_id, host=exc.host,
+                    address=exc.address, reason=exc.reason, detail=exc.message)
+        raise BadRequest(GENERIC_REFUSAL) from None
     return url
 
 
