@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import datetime as dt
+import io
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -118,6 +120,101 @@ class TestCampaignCredit:
         done = await wait_until(ended, timeout=30, what="the campaign's settlement")
         assert done["messagesCreated"] == 1
         assert await db.fetchval("select credit from accounts where account_id = $1", account.id) >= 0
+
+
+async def restricted_key(http: aiohttp.ClientSession, server: LiveServer, account: Account,
+                         *channels: str) -> dict[str, str]:
+    status_, body = await call(http, server.url, "POST", KEYS, account.headers, {"operations": list(channels)})
+    assert status_ == 201, body
+    return {"X-API-Key": body["apiKey"]}
+
+
+class TestRestrictedKeys:
+    """Item 1: a key restricted to some channels stays within them, for keys, webhooks, inbox lists and exports."""
+
+    async def test_cannot_mint_a_wider_key(self, http, server: LiveServer, account: Account) -> None:
+        """An SMS-only key cannot create a WhatsApp or an unrestricted key; what it creates is SMS-only."""
+        sms = await restricted_key(http, server, account, "SMS")
+        for ops in (["WHATSAPP"], ["SMS", "RCS"]):
+            code, body = await call(http, server.url, "POST", KEYS, sms, {"operations": ops})
+            assert code == 403 and body["error"] == "Forbidden", (ops, body)
+        code, inherited = await call(http, server.url, "POST", KEYS, sms, {"name": "no operations given"})
+        assert code == 201 and inherited["operations"] == ["SMS"]
+        code, _ = await call(http, server.url, "GET", f"{P}/messages/status/x", {"X-API-Key": inherited["apiKey"]},
+                             params={"channel": "WHATSAPP"})
+        assert code == 403
+
+    async def test_cannot_revoke_or_list_keys(self, http, server: LiveServer, account: Account) -> None:
+        """An SMS-only key can neither revoke the account's main key nor list or look up keys."""
+        main_id = (await call(http, server.url, "GET", KEYS, account.headers))[1][0]["id"]
+        sms = await restricted_key(http, server, account, "SMS")
+        assert (await call(http, server.url, "DELETE", f"{KEYS}/{main_id}", sms))[0] == 403
+        assert (await call(http, server.url, "GET", KEYS, sms))[0] == 403
+        assert (await call(http, server.url, "GET", f"{KEYS}/{account.key}", sms))[0] == 403
+        assert (await call(http, server.url, "GET", KEYS, account.headers))[0] == 200  # still valid
+
+    async def test_cannot_read_the_webhook_secret(self, http, server: LiveServer, account: Account) -> None:
+        """The webhook (every channel's statuses, and the secret that signs them) is out of a restricted key's
+        reach: reading, rotating, replacing and deleting it are 403 and no secret is returned."""
+        code, hook = await call(http, server.url, "POST", HOOK, account.headers,
+                                {"callbackUrl": f"http://127.0.0.1:{free_port()}/hook"})
+        assert code == 201, hook
+        sms = await restricted_key(http, server, account, "SMS")
+        for method, path, body in (("GET", HOOK, None), ("POST", f"{HOOK}/rotate-secret", None),
+                                   ("PUT", HOOK, {"callbackUrl": "http://127.0.0.1:9999/x"}),
+                                   ("DELETE", HOOK, None), ("GET", f"{HOOK}/deliveries", None)):
+            code, answer = await call(http, server.url, method, path, sms, body)
+            assert code == 403 and hook["signingSecret"] not in str(answer), (method, path)
+        assert (await call(http, server.url, "GET", HOOK, account.headers))[1]["signingSecret"] == \
+            hook["signingSecret"]
+
+    async def test_inbox_list_shows_only_its_channels(self, http, server: LiveServer, db: asyncpg.Pool,
+                                                      account: Account) -> None:
+        """An SMS-only key lists the SMS conversation only, also when asking for WhatsApp ones."""
+        await db.execute("insert into conversations (account_id, channel, contact, last_message_at) values"
+                         " ($1, 'SMS', '+393330000001', now()), ($1, 'WHATSAPP', '+393330000002', now())", account.id)
+        sms = await restricted_key(http, server, account, "SMS")
+        code, listed = await call(http, server.url, "GET", f"{P}/inbox/conversations", sms)
+        assert code == 200 and [c["channel"] for c in listed] == ["SMS"]
+        code, asked = await call(http, server.url, "GET", f"{P}/inbox/conversations", sms,
+                                 params={"channelIds": "WHATSAPP,SMS"})
+        assert code == 200 and [c["channel"] for c in asked] == ["SMS"]
+        assert (await call(http, server.url, "GET", f"{P}/inbox/conversations", sms,
+                           params={"channelIds": "WHATSAPP"}))[1] == []
+        code, everything = await call(http, server.url, "GET", f"{P}/inbox/conversations", account.headers)
+        assert sorted(c["channel"] for c in everything) == ["SMS", "WHATSAPP"]
+
+    async def test_exports_hold_only_its_channels(self, http, server: LiveServer, db: asyncpg.Pool,
+                                                  account: Account) -> None:
+        """An SMS-only key's history export has no WhatsApp row, and the main key's export (every channel) is
+        neither listed to it nor downloadable by it."""
+        t0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+        for channel in ("SMS", "WHATSAPP"):
+            await db.execute(
+                "insert into messages (message_id, account_id, channel, customer_message_id, provider,"
+                " provider_message_id, destination, status, status_rank, submitted_at)"
+                " values ($2, $1, $3, $2, 'twilio', $2, '+393330000009', 'SENT', 3, $4)",
+                account.id, uid(f"{channel}-"), channel, t0)
+        sms = await restricted_key(http, server, account, "SMS")
+        window = {"startDateTime": "2026-03-01T00:00:00Z", "endDateTime": "2026-03-02T00:00:00Z"}
+        code, full = await call(http, server.url, "POST", f"{P}/messages/history/export", account.headers, window)
+        assert code == 202
+        code, own = await call(http, server.url, "POST", f"{P}/messages/history/export", sms, window)
+        assert code == 202
+
+        async def completed(headers: dict[str, str], job: int) -> dict[str, Any] | None:
+            code, link = await call(http, server.url, "GET", f"{P}/exports/{job}", headers)
+            return link if code == 200 else None
+
+        link = await wait_until(lambda: completed(sms, own["id"]), what="the SMS key's export")
+        async with http.get(link["url"].replace(server.settings.base_url, server.url)) as r:
+            rows = list(csv.DictReader(io.StringIO(await r.text())))
+        assert [row["channel"] for row in rows] == ["SMS"]
+        await wait_until(lambda: completed(account.headers, full["id"]), what="the main key's export")
+        assert (await call(http, server.url, "GET", f"{P}/exports/{full['id']}", sms))[0] == 404
+        assert (await call(http, server.url, "POST", f"{P}/exports/{full['id']}", sms))[0] == 404
+        listed = {j["id"] for j in (await call(http, server.url, "GET", f"{P}/exports", sms))[1]}
+        assert own["id"] in listed and full["id"] not in listed
 
 
 @contextlib.asynccontextmanager

@@ -42,6 +42,18 @@ def require_channel(request: web.Request, channel: str) -> None:
         raise Forbidden(f"this API key is not allowed to use {channel}")
 
 
+def require_unrestricted(request: web.Request, what: str) -> None:
+    """403 unless the caller's key may use every channel: ``what`` is account-wide (keys, the webhook)."""
+    if principal(request).operations is not None:
+        raise Forbidden(f"{what} needs an unrestricted API key (one created without operations)")
+
+
+def key_channels(request: web.Request) -> list[str] | None:
+    """The channels the caller's key is restricted to (sorted), or None when it may use all of them."""
+    ops = principal(request).operations
+    return None if ops is None else sorted(ops)
+
+
 def _raw_key(request: web.Request) -> str | None:
     key = request.headers.get("X-API-Key")
     if key:

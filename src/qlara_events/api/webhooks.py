@@ -10,7 +10,7 @@ from typing import Any, Final
 import asyncpg
 from aiohttp import web
 
-from qlara_events.api.auth import PREFIX, get_pool, principal
+from qlara_events.api.auth import PREFIX, get_pool, principal, require_unrestricted
 from qlara_events.config import Settings
 from qlara_events.dispatcher.ssrf import (
     GENERIC_REFUSAL,
@@ -86,7 +86,13 @@ async def _callback_url(request: web.Request) -> str:
     return url
 
 
+def _account_wide(request: web.Request) -> None:
+    """The webhook carries every channel's statuses and its signing secret: unrestricted keys only."""
+    require_unrestricted(request, "the delivery-status webhook")
+
+
 async def _webhook(request: web.Request) -> asyncpg.Record:
+    _account_wide(request)
     found = await store.get(get_pool(request.app), principal(request).account_id)
     if found is None:
         raise NotFound("no delivery-status webhook is configured for this account")
@@ -95,6 +101,7 @@ async def _webhook(request: web.Request) -> asyncpg.Record:
 
 async def create(request: web.Request) -> web.Response:
     """POST: register the account's webhook (409 when one exists)."""
+    _account_wide(request)
     url = await _callback_url(request)
     created = await store.create(get_pool(request.app), principal(request).account_id, url, new_secret())
     if created is None:
@@ -109,6 +116,7 @@ async def read(request: web.Request) -> web.Response:
 
 async def replace(request: web.Request) -> web.Response:
     """PUT: change the URL (and re-enable a disabled webhook); never creates."""
+    _account_wide(request)
     url = await _callback_url(request)
     updated = await store.update_url(get_pool(request.app), principal(request).account_id, url)
     if updated is None:
@@ -118,6 +126,7 @@ async def replace(request: web.Request) -> web.Response:
 
 async def remove(request: web.Request) -> web.Response:
     """DELETE: remove the webhook and drop every delivery still queued for it."""
+    _account_wide(request)
     if not await store.delete(get_pool(request.app), principal(request).account_id):
         raise NotFound("no delivery-status webhook is configured for this account")
     return web.Response(status=204)
@@ -125,6 +134,7 @@ async def remove(request: web.Request) -> web.Response:
 
 async def rotate_secret(request: web.Request) -> web.Response:
     """POST .../rotate-secret: new secret; the old one keeps signing during the overlap."""
+    _account_wide(request)
     s = request.app[SETTINGS]
     rotated = await store.rotate(get_pool(request.app), principal(request).account_id, new_secret(),
                                  s.webhook_rotation_overlap_s)
