@@ -158,6 +158,10 @@ class Settings:
     #: Rate-limit plans: name -> (requests per minute, requests per second burst).
     rate_limit_plans: Mapping[str, tuple[int, int]] = dataclasses.field(
         default_factory=lambda: dict(DEFAULT_PLANS))
+    #: Active API keys an account may hold (each key has its own rate limit, so this caps an account's rate).
+    api_keys_per_account: int = 10
+    #: Failed API-key lookups a client address may cause per minute, per api process (0: no throttle).
+    auth_failures_per_minute: int = 60
 
     log_level: str = "info"
     log_format: str = "json"
@@ -242,6 +246,8 @@ class Settings:
             campaign_deadline_s=_int(e, "QLARA_CAMPAIGN_DEADLINE", 72 * 3600, 1, 30 * 24 * 3600),
             social_token_key=opt("QLARA_SOCIAL_TOKEN_KEY"),
             rate_limit_plans=_plans(e, "QLARA_RATE_LIMIT_PLANS"),
+            api_keys_per_account=_int(e, "QLARA_API_KEYS_PER_ACCOUNT", 10, 1, 10_000),
+            auth_failures_per_minute=_int(e, "QLARA_AUTH_FAILURES_PER_MINUTE", 60, 0, 1_000_000),
             log_level=(opt("QLARA_LOG_LEVEL") or "info").lower(),
             log_format=log_format,
             uvloop=_bool(e, "QLARA_UVLOOP", False),

@@ -10,6 +10,7 @@ import contextlib
 import csv
 import datetime as dt
 import io
+import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -215,6 +216,66 @@ class TestRestrictedKeys:
         assert (await call(http, server.url, "POST", f"{P}/exports/{full['id']}", sms))[0] == 404
         listed = {j["id"] for j in (await call(http, server.url, "GET", f"{P}/exports", sms))[1]}
         assert own["id"] in listed and full["id"] not in listed
+
+
+class TestKeyCapAndLimits:
+    """Item 5: keys per account are capped, the window slides, and failed lookups per address are throttled."""
+
+    async def test_keys_per_account_capped(self, http, server: LiveServer, account: Account) -> None:
+        """With the default cap of 10 active keys, the 11th is a 409 until one is revoked."""
+        cap = server.settings.api_keys_per_account
+        made = []
+        for _ in range(cap - 1):  # the account starts with one key
+            code, key = await call(http, server.url, "POST", KEYS, account.headers, {})
+            assert code == 201, key
+            made.append(key["id"])
+        code, refused = await call(http, server.url, "POST", KEYS, account.headers, {})
+        assert code == 409 and refused["error"] == "Conflict", refused
+        assert (await call(http, server.url, "DELETE", f"{KEYS}/{made[0]}", account.headers))[0] == 204
+        assert (await call(http, server.url, "POST", KEYS, account.headers, {}))[0] == 201
+
+    async def test_no_double_burst_at_a_window_boundary(self, http, server: LiveServer, db: asyncpg.Pool,
+                                                        account: Account) -> None:
+        """A trial key (10/s) fires its burst just before a second boundary and again just after it: within that
+        second, far fewer than two bursts pass (fixed windows let all 20 through)."""
+        await db.execute("update accounts set plan = 'trial' where account_id = $1", account.id)
+        burst = server.settings.rate_limit_plans["trial"][1]
+
+        async def fire() -> list[int]:
+            async def one() -> int:
+                async with http.get(f"{server.url}{KEYS}", headers=account.headers) as r:
+                    await r.read()
+                    return r.status
+            return list(await asyncio.gather(*(one() for _ in range(burst))))
+
+        await asyncio.sleep(1.8 - time.time() % 1)  # 0.8 s into a second, at least 0.8 s from now
+        started = time.monotonic()
+        first = await fire()
+        await asyncio.sleep(max(0.0, 1.05 - time.time() % 1) if time.time() % 1 > 0.5 else 0.0)
+        second = await fire()
+        span = time.monotonic() - started
+        if span >= 1.0:
+            pytest.skip(f"the two bursts took {span:.2f} s: too slow a machine to test a boundary")
+        passed = (first + second).count(200)
+        assert first.count(200) >= burst - 1
+        assert passed <= burst + burst // 2, (first, second)
+
+    async def test_failed_lookups_throttled_per_address(self, http, infra: tuple[str, str],
+                                                        db: asyncpg.Pool) -> None:
+        """After 5 invalid keys in a minute (this server's setting) an address gets 429 with Retry-After before
+        any lookup; a key that authenticated before still works from that address."""
+        settings = make_settings(*infra, QLARA_AUTH_FAILURES_PER_MINUTE="5")
+        account = await new_account(db)
+        async with serve(settings, ["api"]) as own:
+            assert (await call(http, own.url, "GET", KEYS, account.headers))[0] == 200
+            codes = []
+            for i in range(8):
+                async with http.get(f"{own.url}{KEYS}", headers={"X-API-Key": f"qk_guess{i}"}) as r:
+                    codes.append(r.status)
+                    if r.status == 429:
+                        assert int(r.headers["Retry-After"]) >= 1 and (await r.json())["retryAfter"] >= 1
+            assert codes == [401] * 5 + [429] * 3, codes
+            assert (await call(http, own.url, "GET", KEYS, account.headers))[0] == 200
 
 
 @contextlib.asynccontextmanager

@@ -12,12 +12,14 @@ import asyncpg
 from aiohttp import web
 
 from qlara_events.api.auth import PREFIX, get_pool, principal, require_unrestricted
+from qlara_events.config import Settings
 from qlara_events.domain.status import Channel
-from qlara_events.errors import BadRequest, Forbidden, NotFound
+from qlara_events.errors import BadRequest, Conflict, Forbidden, NotFound
 from qlara_events.http import json_object, json_response
 from qlara_events.store import accounts
 
 BASE: Final = f"{PREFIX}/authentication"
+SETTINGS: Final = web.AppKey("keys_settings", Settings)
 
 
 def key_json(r: asyncpg.Record) -> dict[str, Any]:
@@ -77,9 +79,14 @@ async def create_key(request: web.Request) -> web.Response:
             ops = sorted(caller)
         elif not caller.issuperset(ops):
             raise Forbidden("operations must be a subset of this API key's: " + ", ".join(sorted(caller)))
-    raw, row = await accounts.create_key_row(
-        get_pool(request.app), principal(request).account_id, name=_optional_text(body, "name", 200),
+    cap = request.app[SETTINGS].api_keys_per_account
+    created = await accounts.create_key_capped(
+        get_pool(request.app), principal(request).account_id, cap, name=_optional_text(body, "name", 200),
         operations=ops, description=_optional_text(body, "description", 1000))
+    if created is None:
+        # Each key has its own rate limit: unlimited keys would mean an unlimited rate for the account.
+        raise Conflict(f"the account already has {cap} active API keys, the most it may hold; revoke one first")
+    raw, row = created
     return json_response({**key_json(row), "apiKey": raw}, status=201)
 
 
@@ -91,8 +98,9 @@ async def revoke_key(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, settings: Settings) -> None:
     """Register the key routes."""
+    app[SETTINGS] = settings
     app.router.add_get(BASE, list_keys)
     app.router.add_post(BASE, create_key)
     app.router.add_get(f"{BASE}/{{value}}", get_key)

@@ -57,7 +57,9 @@ def paths(p: str) -> dict[str, Any]:
                      "requestBody": {"content": {JSON: {"schema": _ref("ApiKeyRequest")}}},
                      "responses": {"201": {"description": "Created", "content": {
                          JSON: {"schema": _ref("NewApiKey")}}}, "400": _error("Invalid body"), **auth,
-                         "403": _error("operations not within the caller's channels")}},
+                         "403": _error("operations not within the caller's channels"),
+                         "409": _error("The account has the maximum number of active keys "
+                                       "(QLARA_API_KEYS_PER_ACCOUNT)")}},
         },
         f"{p}/authentication/{{value}}": {
             "get": {"operationId": "getApiKeyByValue", "tags": ["API keys"], "summary": "Look a key up by its value",
