@@ -77,6 +77,7 @@ class Context:
             "QLARA_URL_SIGNING_KEY": "bench-url-signing-key",
             "QLARA_WEBHOOK_REQUIRE_HTTPS": "false",
             "QLARA_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+            "QLARA_WEBHOOK_ALLOWED_PORTS": "1024-65535",  # the loopback receivers' ephemeral ports
             # BENCH_UVLOOP=true|false runs every role on that loop (A/B runs); unset: the service's default.
             **({"QLARA_UVLOOP": os.environ["BENCH_UVLOOP"]} if os.environ.get("BENCH_UVLOOP") else {}),
         })

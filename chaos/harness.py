@@ -135,6 +135,7 @@ class Harness:
             "QLARA_URL_SIGNING_KEY": new_secret(),
             "QLARA_WEBHOOK_REQUIRE_HTTPS": "false",
             "QLARA_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+            "QLARA_WEBHOOK_ALLOWED_PORTS": "1024-65535",  # the loopback receivers' ephemeral ports
             # Long enough to outlast the 30 s receiver outage: about 38 s of attempts, plus breaker pauses.
             "QLARA_WEBHOOK_RETRY_SCHEDULE": "0,1,2,5,5,5,5,5,5,5",
             "QLARA_WEBHOOK_BREAKER_COOLDOWN": "2",

@@ -90,12 +90,19 @@ class CampaignRunner:
         expanded = c["expanded"]
         cursor = c["expansion_cursor"] or "0"
         topic = self._s.topics.send_requests
+        # The confirmation reserved credit for total_destinations recipients: never send to more, however much
+        # the lists grew since (the members after that many, in contact-id order, are not sent to).
+        cap = int(c["total_destinations"] or 0)
         try:
             while not self._stopping.is_set():
                 now = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
-                if c["destination_type"] == 1:
+                take = max(0, min(BATCH, cap - expanded))
+                if take == 0:
+                    batch: list[tuple[str, dict[str, Any]]] = []
+                    next_cursor = cursor
+                elif c["destination_type"] == 1:
                     rows = await store.recipients_after(self._pool, c["account_id"], list(c["contact_list_ids"]),
-                                                        int(cursor), BATCH)
+                                                        int(cursor), take)
                     batch = [(r["phone_number"], {
                         "firstName": r["first_name"], "lastName": r["last_name"], "fullName": r["full_name"],
                         "phoneNumber": r["phone_number"], "email": r["email"], "customFields": r["custom_fields"],
@@ -103,13 +110,13 @@ class CampaignRunner:
                     next_cursor = str(rows[-1]["contact_id"]) if rows else cursor
                 else:
                     start = int(cursor)
-                    dests = list(c["destinations"])[start:start + BATCH]
+                    dests = list(c["destinations"])[start:start + take]
                     batch = [(d, {"phoneNumber": d}) for d in dests]
                     next_cursor = str(start + len(dests))
                 requests = [send_request(c, dest, contact, now) for dest, contact in batch]
                 await self._publisher.produce_many(topic, [(r["messageId"], r) for r in requests])
                 expanded += len(batch)
-                done = len(batch) < BATCH
+                done = len(batch) < take or expanded >= cap
                 await store.progress(self._pool, c["campaign_id"], expanded, next_cursor, done, LEASE_S)
                 cursor = next_cursor
                 if done:

@@ -124,6 +124,8 @@ class Settings:
     #: Partner webhooks (dispatcher role and the webhook configuration API).
     webhook_require_https: bool = True
     webhook_allowed_networks: str = ""
+    #: Ports a webhook URL may name besides 443 and 80 (any other port is refused at registration and delivery).
+    webhook_allowed_ports: frozenset[int] = frozenset()
     webhook_retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
     webhook_timeout_s: float = 15.0
     webhook_rotation_overlap_s: int = 24 * 3600
@@ -167,6 +169,10 @@ class Settings:
     #: Rate-limit plans: name -> (requests per minute, requests per second burst).
     rate_limit_plans: Mapping[str, tuple[int, int]] = dataclasses.field(
         default_factory=lambda: dict(DEFAULT_PLANS))
+    #: Active API keys an account may hold (each key has its own rate limit, so this caps an account's rate).
+    api_keys_per_account: int = 10
+    #: Failed API-key lookups a client address may cause per minute, per api process (0: no throttle).
+    auth_failures_per_minute: int = 60
 
     log_level: str = "info"
     log_format: str = "json"
@@ -229,6 +235,7 @@ class Settings:
             consumer_group_projector=opt("QLARA_PROJECTOR_GROUP") or "qlara-projector",
             webhook_require_https=_bool(e, "QLARA_WEBHOOK_REQUIRE_HTTPS", True),
             webhook_allowed_networks=opt("QLARA_WEBHOOK_ALLOWED_NETWORKS") or "",
+            webhook_allowed_ports=_ports(e, "QLARA_WEBHOOK_ALLOWED_PORTS"),
             webhook_retry_schedule=_schedule(e, "QLARA_WEBHOOK_RETRY_SCHEDULE"),
             webhook_timeout_s=_float(e, "QLARA_WEBHOOK_TIMEOUT", 15.0, 0.1, 300.0),
             webhook_rotation_overlap_s=_int(e, "QLARA_WEBHOOK_ROTATION_OVERLAP", 24 * 3600, 0, 30 * 24 * 3600),
@@ -256,6 +263,8 @@ class Settings:
             campaign_deadline_s=_int(e, "QLARA_CAMPAIGN_DEADLINE", 72 * 3600, 1, 30 * 24 * 3600),
             social_token_key=opt("QLARA_SOCIAL_TOKEN_KEY"),
             rate_limit_plans=_plans(e, "QLARA_RATE_LIMIT_PLANS"),
+            api_keys_per_account=_int(e, "QLARA_API_KEYS_PER_ACCOUNT", 10, 1, 10_000),
+            auth_failures_per_minute=_int(e, "QLARA_AUTH_FAILURES_PER_MINUTE", 60, 0, 1_000_000),
             log_level=(opt("QLARA_LOG_LEVEL") or "info").lower(),
             log_format=log_format,
             uvloop=_bool(e, "QLARA_UVLOOP", False),
@@ -340,6 +349,21 @@ def _plans(e: Mapping[str, str], name: str) -> dict[str, tuple[int, int]]:
         if not plan.strip() or plans[plan.strip()][0] < 1 or plans[plan.strip()][1] < 1:
             raise ConfigError(f"{name}: every plan needs a name and positive limits")
     return plans
+
+
+def _ports(e: Mapping[str, str], name: str) -> frozenset[int]:
+    """Comma-separated ports and inclusive ranges, e.g. ``8443,9000-9100``."""
+    ports: set[int] = set()
+    for item in filter(None, (i.strip() for i in e.get(name, "").split(","))):
+        lo, _, hi = item.partition("-")
+        try:
+            first, last = int(lo), int(hi or lo)
+        except ValueError:
+            raise ConfigError(f"{name} must look like 8443,9000-9100") from None
+        if not 1 <= first <= last <= 65535:
+            raise ConfigError(f"{name}: ports are 1 to 65535, ranges low-high")
+        ports.update(range(first, last + 1))
+    return frozenset(ports)
 
 
 def _schedule(e: Mapping[str, str], name: str) -> tuple[float, ...]:

@@ -347,8 +347,8 @@ class TestCredit:
 
     async def test_settled_for_what_was_sent(self, http: aiohttp.ClientSession, server: LiveServer,
                                              db: asyncpg.Pool, account: Account, sandbox: Sandbox) -> None:
-        """Members added to the list after calculateGoal are sent too; at status 3 the account has paid exactly
-        messagesCreated x unitPrice (the reservation covered 3 of the 5)."""
+        """Members added to the list after calculateGoal make confirm a 400 until calculateGoal counts them; at
+        status 3 the account has paid exactly messagesCreated x unitPrice."""
         list_id = await contacts_list(db, account, 3)
         await db.execute("update accounts set credit = 50 where account_id = $1", account.id)
         _, camp = await call(http, server, "POST", C, account, draft(list_id, readyToSend=True, smsBody="Hi"))
@@ -360,6 +360,9 @@ class TestCredit:
             " select $1, '+39334' || lpad(i::text, 7, '0'), 'Late' || i, true from generate_series(1, 2) as i"
             " returning contact_id) insert into contact_list_members (list_id, contact_id)"
             " select $2, contact_id from c", account.id, list_id)
+        assert (await call(http, server, "PUT", f"{C}/{cid}/confirm", account))[0] == 400
+        _, goal = await call(http, server, "POST", f"{C}/{cid}/calculateGoal", account)
+        assert goal["totalDestinations"] == 5
         assert (await call(http, server, "PUT", f"{C}/{cid}/confirm", account))[0] == 202
 
         async def ended() -> dict[str, Any] | None:

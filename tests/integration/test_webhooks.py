@@ -186,7 +186,7 @@ class TestDelivery:
         assert got[1].at - got[0].at >= 2.0
 
     @pytest.mark.parametrize(("behaviour", "error"), [
-        ("redirect", "redirects are not followed"), ("reset", "Error"), ("hang", "timed out"),
+        ("redirect", "redirects are not followed"), ("reset", "connection to the webhook URL failed"), ("hang", "timed out"),
     ])
     async def test_failure_kinds_are_logged(self, http, server, account, receiver, behaviour, error) -> None:
         """Redirects are not followed, resets and hangs are failures; each is logged with its error."""
@@ -341,7 +341,7 @@ class TestDispatcherCrash:
                "QLARA_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "QLARA_DATABASE_URL": s.database_url,
                "QLARA_KAFKA_TOPIC_PREFIX": s.topics.prefix, "QLARA_DISPATCHER_GROUP": s.consumer_group_dispatcher,
                "QLARA_WEBHOOK_REQUIRE_HTTPS": "false", "QLARA_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
-               "QLARA_WEBHOOK_TIMEOUT": "5", "QLARA_WEBHOOK_LEASE_MARGIN": "1",
+               "QLARA_WEBHOOK_ALLOWED_PORTS": "1024-65535", "QLARA_WEBHOOK_TIMEOUT": "5", "QLARA_WEBHOOK_LEASE_MARGIN": "1",
                "QLARA_WEBHOOK_RETRY_SCHEDULE": "0,0.3,0.3,0.3", "QLARA_HTTP_PORT": "0", "QLARA_LOG_LEVEL": "error"}
 
         def spawn() -> subprocess.Popen[bytes]:

@@ -30,6 +30,11 @@ def make_settings(kafka: str, database: str, **overrides: str) -> Settings:
         "QLARA_DISPATCHER_GROUP": f"{prefix}dispatcher",
         "QLARA_WEBHOOK_REQUIRE_HTTPS": "false",
         "QLARA_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+        # The loopback receivers listen on ephemeral ports.
+        "QLARA_WEBHOOK_ALLOWED_PORTS": "1024-65535",
+        # Every test's requests come from 127.0.0.1, many with keys they just created: a throttle this high never
+        # stands in their way (test_security_auth runs a server of its own with a low one).
+        "QLARA_AUTH_FAILURES_PER_MINUTE": "100000",
         "QLARA_WEBHOOK_RETRY_SCHEDULE": "0,0.3,0.3,0.3",
         "QLARA_WEBHOOK_TIMEOUT": "3",
         "QLARA_WEBHOOK_BREAKER_COOLDOWN": "1",

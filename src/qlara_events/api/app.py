@@ -12,8 +12,9 @@ import orjson
 from aiohttp import web
 
 from qlara_events.api import campaigns, contacts, exports, inbox, keys, media, socials, spec, status, webhooks
-from qlara_events.api.auth import PLANS, POOL, PREFIX, api_key_auth, rate_limit_headers
+from qlara_events.api.auth import PLANS, POOL, PREFIX, THROTTLE, api_key_auth, rate_limit_headers
 from qlara_events.api.shared import PUBLISHER, SIGNING_KEY, STORE
+from qlara_events.api.throttle import FailureThrottle
 from qlara_events.campaign_runner import CampaignRunner
 from qlara_events.config import Settings
 from qlara_events.http import READINESS_CHECKS
@@ -49,6 +50,7 @@ def setup(app: web.Application, settings: Settings) -> None:
     app.middlewares.append(api_key_auth)
     app.on_response_prepare.append(rate_limit_headers)
     app[PLANS] = dict(settings.rate_limit_plans)
+    app[THROTTLE] = FailureThrottle(settings.auth_failures_per_minute)
     document = orjson.dumps(spec.build())
 
     async def openapi(_: web.Request) -> web.Response:
@@ -69,7 +71,7 @@ def setup(app: web.Application, settings: Settings) -> None:
     app.router.add_get(f"{PREFIX}/openapi.json", openapi)
     status.add_routes(app)
     webhooks.add_routes(app, settings)
-    keys.add_routes(app)
+    keys.add_routes(app, settings)
     inbox.add_routes(app, settings)
     app[STORE] = DirectoryStore(settings.storage_dir)
     app[SIGNING_KEY] = _signing_key(settings)

@@ -11,10 +11,11 @@ import asyncpg
 import structlog
 from aiohttp import web
 
+from qlara_events.api.throttle import FailureThrottle
 from qlara_events.errors import Forbidden, TooManyRequests, Unauthorized
 from qlara_events.http import Handler
 from qlara_events.store import ratelimit
-from qlara_events.store.accounts import Principal, authenticate
+from qlara_events.store.accounts import Principal, authenticate, hash_key
 
 PREFIX: Final = "/partner-gateway/v1"
 PUBLIC_PATHS: Final = frozenset({f"{PREFIX}/openapi.json"})
@@ -22,6 +23,7 @@ POOL: Final = web.AppKey("api_pool", asyncpg.Pool)
 PLANS: Final = web.AppKey("rate_limit_plans", dict[str, tuple[int, int]])
 VERDICT: Final = web.RequestKey("rate_limit", ratelimit.Verdict)
 PRINCIPAL: Final = web.RequestKey("principal", Principal)
+THROTTLE: Final = web.AppKey("auth_failure_throttle", FailureThrottle)
 
 
 def get_pool(app: web.Application) -> asyncpg.Pool:
@@ -40,6 +42,18 @@ def require_channel(request: web.Request, channel: str) -> None:
     ops = principal(request).operations
     if ops is not None and channel not in ops:
         raise Forbidden(f"this API key is not allowed to use {channel}")
+
+
+def require_unrestricted(request: web.Request, what: str) -> None:
+    """403 unless the caller's key may use every channel: ``what`` is account-wide (keys, the webhook)."""
+    if principal(request).operations is not None:
+        raise Forbidden(f"{what} needs an unrestricted API key (one created without operations)")
+
+
+def key_channels(request: web.Request) -> list[str] | None:
+    """The channels the caller's key is restricted to (sorted), or None when it may use all of them."""
+    ops = principal(request).operations
+    return None if ops is None else sorted(ops)
 
 
 def _raw_key(request: web.Request) -> str | None:
@@ -72,9 +86,16 @@ async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResp
         raise Unauthorized("missing API key: send it in the X-API-Key header")
     if len(raw) > 256:
         raise Unauthorized("invalid API key")
+    throttle = request.app[THROTTLE]
+    address, digest, now = request.remote or "", hash_key(raw), time.time()
+    wait = throttle.retry_after(address, digest, now)
+    if wait is not None:
+        raise TooManyRequests(wait)  # too many invalid keys from this address: no database lookup
     found = await authenticate(get_pool(request.app), raw)
     if found is None:
+        throttle.failed(address, now)
         raise Unauthorized("invalid API key")
+    throttle.succeeded(digest, now)
     request[PRINCIPAL] = found
     structlog.contextvars.bind_contextvars(account_id=found.account_id)
     plans = request.app[PLANS]

@@ -303,26 +303,38 @@ async def price(request: web.Request) -> web.Response:
 
 
 async def confirm(request: web.Request) -> web.Response:
-    """PUT /campaigns/{id}/confirm → 202: reserve the credit; sending starts now or at scheduledDate."""
-    row = await _campaign(request)
-    if row["status"] not in (0, 1) or row["confirmed_at"] is not None:
-        raise BadRequest("the campaign is already confirmed")
-    _complete(row)
-    if not row["ready_to_send"]:
-        raise BadRequest("set readyToSend to true first (PUT /campaigns/{id})")
-    if row["goal_calculated_at"] is None or row["goal_fingerprint"] != _fingerprint(row):
-        raise BadRequest("the cost is not calculated for the campaign as it is: run calculateGoal")
-    if not row["total_destinations"]:
-        raise BadRequest("the campaign has no recipients")
+    """PUT /campaigns/{id}/confirm → 202: reserve the credit; sending starts now or at scheduledDate.
+
+    Everything the reservation depends on is checked again with the campaign locked, in the transaction that
+    reserves: its state, its priced version, and its recipients counted again (contacts imported into a list
+    after calculateGoal would otherwise be sent for the price of the old count). The runner then sends to at
+    most ``totalDestinations`` recipients, so what is reserved here bounds what the campaign can cost.
+    """
+    await _campaign(request)  # 404 and channel restrictions, before locking anything
+    account = principal(request).account_id
     pool = get_pool(request.app)
-    async with pool.acquire() as conn:
-        try:
-            problem = await store.confirm(conn, principal(request).account_id, row["campaign_id"], row["price"])
-        except store.NotConfirmable:
-            raise BadRequest("the campaign changed state meanwhile") from None
-    if problem:
-        raise BadRequest(f"{problem}: the campaign costs {row['price']} {request.app[SETTINGS].currency}")
-    confirmed = await store.get(pool, principal(request).account_id, row["campaign_id"])
+    async with pool.acquire() as conn, conn.transaction():
+        row = await store.lock(conn, account, _campaign_id(request))
+        if row is None:
+            raise NotFound("no such campaign in this account")
+        if row["status"] not in (0, 1) or row["confirmed_at"] is not None:
+            raise BadRequest("the campaign is already confirmed")
+        _complete(row)
+        if not row["ready_to_send"]:
+            raise BadRequest("set readyToSend to true first (PUT /campaigns/{id})")
+        if row["goal_calculated_at"] is None or row["goal_fingerprint"] != _fingerprint(row):
+            raise BadRequest("the cost is not calculated for the campaign as it is: run calculateGoal")
+        if not row["total_destinations"]:
+            raise BadRequest("the campaign has no recipients")
+        if row["destination_type"] == 1:
+            now = await store.count_recipients(conn, account, list(row["contact_list_ids"]))
+            if now != row["total_destinations"]:
+                raise BadRequest(f"the lists have {now} recipients now, not the {row['total_destinations']} "
+                                 "calculateGoal priced: run calculateGoal again")
+        if not await store.confirm(conn, account, row["campaign_id"], row["price"]):
+            raise BadRequest(f"insufficient credit: the campaign costs {row['price']} "
+                             f"{request.app[SETTINGS].currency}")
+    confirmed = await store.get(pool, account, row["campaign_id"])
     assert confirmed is not None
     return json_response(campaign_json(confirmed), status=202)
 

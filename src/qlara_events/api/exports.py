@@ -11,7 +11,7 @@ import asyncpg
 from aiohttp import web
 
 from qlara_events.api import params
-from qlara_events.api.auth import PREFIX, get_pool, principal, require_channel
+from qlara_events.api.auth import PREFIX, get_pool, key_channels, principal, require_channel
 from qlara_events.api.shared import SIGNING_KEY, STORE, serve_signed
 from qlara_events.config import Settings
 from qlara_events.domain.status import Channel, DeliveryStatus
@@ -112,6 +112,9 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 async def _queue(request: web.Request, kind: str, job: dict[str, Any]) -> web.Response:
+    channels = key_channels(request)
+    if channels is not None and kind != "CONTACTS":
+        job = {**job, "channels": channels}  # a restricted key exports its channels' messages only
     cap = request.app[SETTINGS].export_max_pending_per_account
     async with get_pool(request.app).acquire() as conn:
         row = await store.create(conn, principal(request).account_id, kind, job, cap)
@@ -191,7 +194,8 @@ async def list_exports(request: web.Request) -> web.Response:
     """GET /exports?page=&limit= (newest first)."""
     limit = params.query_int(request.query, "limit", 10, 1, 1000)
     page = params.query_int(request.query, "page", 0, 0, 1_000_000)
-    rows = await store.page(get_pool(request.app), principal(request).account_id, limit, params.offset(page, limit))
+    rows = await store.page(get_pool(request.app), principal(request).account_id, limit, params.offset(page, limit),
+                            key_channels(request))
     return json_response([export_json(r) for r in rows])
 
 
@@ -201,7 +205,8 @@ def _export_id(request: web.Request) -> int:
 
 async def download_link(request: web.Request) -> web.Response:
     """GET /exports/{exportId}: a signed, time-limited URL (400 once expired, 409 while not ready)."""
-    row = await store.get(get_pool(request.app), principal(request).account_id, _export_id(request))
+    row = await store.get(get_pool(request.app), principal(request).account_id, _export_id(request),
+                          key_channels(request))
     if row is None:
         raise NotFound("no such export in this account")
     job = export_json(row)
@@ -223,11 +228,12 @@ async def regenerate(request: web.Request) -> web.Response:
     """POST /exports/{exportId}: run a finished (expired, failed or completed) export again → 202."""
     pool = get_pool(request.app)
     account = principal(request).account_id
-    old = await store.get(pool, account, _export_id(request))
+    channels = key_channels(request)
+    old = await store.get(pool, account, _export_id(request), channels)
     if old is None:
         raise NotFound("no such export in this account")
     row = await store.regenerate(pool, account, _export_id(request),
-                                 request.app[SETTINGS].export_max_pending_per_account)
+                                 request.app[SETTINGS].export_max_pending_per_account, channels)
     if row is None:
         raise Conflict("this export is already being generated, or the account has as many exports queued or "
                        "running as it may")

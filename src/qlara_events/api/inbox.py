@@ -11,7 +11,7 @@ import asyncpg
 from aiohttp import web
 
 from qlara_events.api import params
-from qlara_events.api.auth import PREFIX, get_pool, principal, require_channel
+from qlara_events.api.auth import PREFIX, get_pool, key_channels, principal, require_channel
 from qlara_events.api.shared import PUBLISHER
 from qlara_events.config import Settings
 from qlara_events.domain.status import Channel
@@ -97,6 +97,10 @@ async def list_conversations(request: web.Request) -> web.Response:
         if not CHANNEL_IDS.fullmatch(q["channelIds"]):
             raise BadRequest("channelIds must be a comma-separated list of SMS, RCS, WHATSAPP")
         channels = sorted(set(q["channelIds"].split(",")))
+    allowed = key_channels(request)
+    if allowed is not None:
+        # A restricted key sees only its channels' conversations (asking for others selects nothing).
+        channels = [c for c in (channels or allowed) if c in allowed]
     order = ORDER_BY.fullmatch(q.get("orderBy", "-lastMessageDate"))
     if order is None:
         raise BadRequest("orderBy must be +/- one of " + ", ".join(store.ORDERABLE))

@@ -1,4 +1,8 @@
-"""API keys (Qlara §10): list, look up, create (shown once), revoke (immediate)."""
+"""API keys (Qlara §10): list, look up, create (shown once), revoke (immediate).
+
+Listing, looking up and revoking keys need an unrestricted key: a key limited to some channels could
+otherwise revoke the account's other keys. A restricted key may create keys only within its own channels.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,15 @@ from typing import Any, Final
 import asyncpg
 from aiohttp import web
 
-from qlara_events.api.auth import PREFIX, get_pool, principal
+from qlara_events.api.auth import PREFIX, get_pool, principal, require_unrestricted
+from qlara_events.config import Settings
 from qlara_events.domain.status import Channel
-from qlara_events.errors import BadRequest, NotFound
+from qlara_events.errors import BadRequest, Conflict, Forbidden, NotFound
 from qlara_events.http import json_object, json_response
 from qlara_events.store import accounts
 
 BASE: Final = f"{PREFIX}/authentication"
+SETTINGS: Final = web.AppKey("keys_settings", Settings)
 
 
 def key_json(r: asyncpg.Record) -> dict[str, Any]:
@@ -32,12 +38,14 @@ def key_json(r: asyncpg.Record) -> dict[str, Any]:
 async def list_keys(request: web.Request) -> web.Response:
     """GET /authentication: the account's active keys (``userId`` is accepted and ignored: keys belong
     to the account, not to a user)."""
+    require_unrestricted(request, "managing API keys")
     rows = await accounts.list_keys(get_pool(request.app), principal(request).account_id)
     return json_response([key_json(r) for r in rows])
 
 
 async def get_key(request: web.Request) -> web.Response:
     """GET /authentication/{value}: look a key up by its raw value (404 unless it is this account's)."""
+    require_unrestricted(request, "managing API keys")
     row = await accounts.key_by_value(get_pool(request.app), principal(request).account_id,
                                       request.match_info["value"])
     if row is None:
@@ -64,21 +72,35 @@ async def create_key(request: web.Request) -> web.Response:
                 not all(isinstance(o, str) and o in Channel.__members__ for o in operations):
             raise BadRequest("operations must be a non-empty array of SMS, RCS, WHATSAPP")
         ops = sorted(set(operations))
-    raw, row = await accounts.create_key_row(
-        get_pool(request.app), principal(request).account_id, name=_optional_text(body, "name", 200),
+    caller = principal(request).operations
+    if caller is not None:
+        # A restricted key delegates at most what it holds; without operations the new key inherits its channels.
+        if ops is None:
+            ops = sorted(caller)
+        elif not caller.issuperset(ops):
+            raise Forbidden("operations must be a subset of this API key's: " + ", ".join(sorted(caller)))
+    cap = request.app[SETTINGS].api_keys_per_account
+    created = await accounts.create_key_capped(
+        get_pool(request.app), principal(request).account_id, cap, name=_optional_text(body, "name", 200),
         operations=ops, description=_optional_text(body, "description", 1000))
+    if created is None:
+        # Each key has its own rate limit: unlimited keys would mean an unlimited rate for the account.
+        raise Conflict(f"the account already has {cap} active API keys, the most it may hold; revoke one first")
+    raw, row = created
     return json_response({**key_json(row), "apiKey": raw}, status=201)
 
 
 async def revoke_key(request: web.Request) -> web.Response:
     """DELETE /authentication/{id}: revoke now; the next request with the key is a 401."""
+    require_unrestricted(request, "managing API keys")
     if not await accounts.revoke(get_pool(request.app), principal(request).account_id, request.match_info["value"]):
         raise NotFound("no active key with this id in the account")
     return web.Response(status=204)
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, settings: Settings) -> None:
     """Register the key routes."""
+    app[SETTINGS] = settings
     app.router.add_get(BASE, list_keys)
     app.router.add_post(BASE, create_key)
     app.router.add_get(f"{BASE}/{{value}}", get_key)

@@ -340,8 +340,12 @@ def _webhook_paths(p: str) -> dict[str, Any]:
     tag = ["Webhooks"]
     body = {"required": True, "content": {JSON: {"schema": _ref("WebhookRequest")}}}
     none = _error("No webhook configured for this account")
-    bad_url = _error("callbackUrl missing, malformed, not HTTPS, or resolving to a forbidden address")
+    bad_url = _error("callbackUrl missing, malformed, not HTTPS, on a port other than 443, 80 or one the operator "
+                     "allows (QLARA_WEBHOOK_ALLOWED_PORTS), or its host not resolving to public addresses only")
     delivery_id = {"name": "deliveryId", "in": "path", "required": True, "schema": {"type": "string"}}
+    # The webhook is account-wide (every channel's statuses, and its secret): a restricted key gets a 403.
+    auth = {**_AUTH_ERRORS, "403": _error("The key is restricted to some channels: the webhook needs an "
+                                           "unrestricted key")}
     window = {"type": "object", "required": ["since", "until"],
               "properties": {"since": {"type": "string", "format": "date-time"},
                              "until": {"type": "string", "format": "date-time"}}}
@@ -349,22 +353,22 @@ def _webhook_paths(p: str) -> dict[str, Any]:
         base: {
             "post": {"operationId": "createWebhook", "tags": tag, "summary": "Register the delivery-status callback",
                      "requestBody": body,
-                     "responses": {"201": _ok(_ref("Webhook"), "Created"), "400": bad_url, **_AUTH_ERRORS,
+                     "responses": {"201": _ok(_ref("Webhook"), "Created"), "400": bad_url, **auth,
                                    "409": _error("A webhook already exists (use PUT)")}},
             "get": {"operationId": "getWebhook", "tags": tag, "summary": "The configured callback and its secret",
-                    "responses": {"200": _ok(_ref("Webhook")), **_AUTH_ERRORS, "404": none}},
+                    "responses": {"200": _ok(_ref("Webhook")), **auth, "404": none}},
             "put": {"operationId": "replaceWebhook", "tags": tag,
                     "summary": "Replace the URL (re-enables a disabled webhook); never creates",
                     "requestBody": body,
-                    "responses": {"200": _ok(_ref("Webhook")), "400": bad_url, **_AUTH_ERRORS, "404": none}},
+                    "responses": {"200": _ok(_ref("Webhook")), "400": bad_url, **auth, "404": none}},
             "delete": {"operationId": "deleteWebhook", "tags": tag,
                        "summary": "Revoke the callback; queued deliveries are dropped",
-                       "responses": {"204": {"description": "Deleted"}, **_AUTH_ERRORS, "404": none}},
+                       "responses": {"204": {"description": "Deleted"}, **auth, "404": none}},
         },
         f"{base}/rotate-secret": {"post": {
             "operationId": "rotateWebhookSecret", "tags": tag,
             "summary": "New signing secret; the old one also signs for QLARA_WEBHOOK_ROTATION_OVERLAP (24 h)",
-            "responses": {"200": _ok(_ref("Webhook")), **_AUTH_ERRORS, "404": none}}},
+            "responses": {"200": _ok(_ref("Webhook")), **auth, "404": none}}},
         f"{base}/deliveries": {"get": {
             "operationId": "listDeliveries", "tags": tag,
             "summary": "Delivery log: attempts with time, response code, latency, error, next attempt",
@@ -377,18 +381,18 @@ def _webhook_paths(p: str) -> dict[str, Any]:
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
                 {"name": "cursor", "in": "query", "schema": {"type": "string"}},
             ],
-            "responses": {"200": _ok(_ref("DeliveryPage")), "400": _error("Invalid filter"), **_AUTH_ERRORS,
+            "responses": {"200": _ok(_ref("DeliveryPage")), "400": _error("Invalid filter"), **auth,
                           "404": none}}},
         f"{base}/deliveries/recover": {"post": {
             "operationId": "recoverDeliveries", "tags": tag,
             "summary": "Reschedule every failed or dead delivery created in [since, until)",
             "requestBody": {"required": True, "content": {JSON: {"schema": window}}},
             "responses": {"202": _ok({"type": "object", "properties": {"scheduled": {"type": "integer"}}}),
-                          "400": _error("since/until missing or invalid"), **_AUTH_ERRORS, "404": none}}},
+                          "400": _error("since/until missing or invalid"), **auth, "404": none}}},
         f"{base}/deliveries/{{deliveryId}}/retry": {"post": {
             "operationId": "retryDelivery", "tags": tag, "summary": "Attempt one delivery again now",
             "parameters": [delivery_id],
-            "responses": {"202": _ok({"type": "object"}), **_AUTH_ERRORS,
+            "responses": {"202": _ok({"type": "object"}), **auth,
                           "404": _error("No such delivery, or it is being attempted")}}},
     }
 

@@ -39,6 +39,8 @@ def schemas() -> dict[str, Any]:
 def paths(p: str) -> dict[str, Any]:
     """Path items."""
     auth = {"401": _error("API key missing, invalid or revoked"), "429": _error("Rate limit exceeded")}
+    manage = {**auth, "403": _error("The key is restricted to some channels: managing keys needs an unrestricted "
+                                    "key")}
     value = {"name": "value", "in": "path", "required": True, "schema": {"type": "string"},
              "description": "GET: the raw key value; DELETE: the key id"}
     return {
@@ -47,21 +49,26 @@ def paths(p: str) -> dict[str, Any]:
                     "parameters": [{"name": "userId", "in": "query", "schema": {"type": "string"},
                                     "description": "Accepted for compatibility; keys belong to the account"}],
                     "responses": {"200": {"description": "OK", "content": {
-                        JSON: {"schema": {"type": "array", "items": _ref("ApiKey")}}}}, **auth}},
+                        JSON: {"schema": {"type": "array", "items": _ref("ApiKey")}}}}, **manage}},
             "post": {"operationId": "createApiKey", "tags": ["API keys"],
                      "summary": "Create a key, active at once; its value is returned only here",
+                     "description": "A key restricted to some channels may create keys only within its own "
+                                    "channels (without operations the new key gets the caller's).",
                      "requestBody": {"content": {JSON: {"schema": _ref("ApiKeyRequest")}}},
                      "responses": {"201": {"description": "Created", "content": {
-                         JSON: {"schema": _ref("NewApiKey")}}}, "400": _error("Invalid body"), **auth}},
+                         JSON: {"schema": _ref("NewApiKey")}}}, "400": _error("Invalid body"), **auth,
+                         "403": _error("operations not within the caller's channels"),
+                         "409": _error("The account has the maximum number of active keys "
+                                       "(QLARA_API_KEYS_PER_ACCOUNT)")}},
         },
         f"{p}/authentication/{{value}}": {
             "get": {"operationId": "getApiKeyByValue", "tags": ["API keys"], "summary": "Look a key up by its value",
                     "parameters": [value],
                     "responses": {"200": {"description": "OK", "content": {JSON: {"schema": _ref("ApiKey")}}},
-                                  **auth, "404": _error("No such key in the account")}},
+                                  **manage, "404": _error("No such key in the account")}},
             "delete": {"operationId": "revokeApiKey", "tags": ["API keys"],
                        "summary": "Revoke a key now (the next request with it is a 401)", "parameters": [value],
-                       "responses": {"204": {"description": "Revoked"}, **auth,
+                       "responses": {"204": {"description": "Revoked"}, **manage,
                                      "404": _error("No such key in the account")}},
         },
     }

@@ -10,13 +10,24 @@ from typing import Any, Final
 import asyncpg
 from aiohttp import web
 
-from qlara_events.api.auth import PREFIX, get_pool, principal
+from qlara_events.api.auth import PREFIX, get_pool, principal, require_unrestricted
 from qlara_events.config import Settings
-from qlara_events.dispatcher.ssrf import check_url, parse_networks, resolve_checked
+from qlara_events.dispatcher.ssrf import (
+    GENERIC_REFUSAL,
+    UNRESOLVABLE,
+    ForbiddenDestination,
+    check_url,
+    parse_networks,
+    resolve_checked,
+    webhook_ports,
+)
 from qlara_events.errors import BadRequest, Conflict, NotFound
 from qlara_events.http import json_object, json_response
+from qlara_events.logs import get_logger
 from qlara_events.standard_webhooks import new_secret
 from qlara_events.store import webhooks as store
+
+log = get_logger("webhooks")
 
 SETTINGS: Final = web.AppKey("webhook_settings", Settings)
 BASE: Final = f"{PREFIX}/webhooks/delivery-status"
@@ -60,13 +71,28 @@ async def _callback_url(request: web.Request) -> str:
         raise BadRequest("callbackUrl must not contain control characters")
     s = request.app[SETTINGS]
     allowed = parse_networks(s.webhook_allowed_networks)
-    parsed = check_url(url, require_https=s.webhook_require_https, allowed=allowed)
-    assert parsed.host is not None
-    await resolve_checked(parsed.host, parsed.port or 443, allowed=allowed)
+    try:
+        parsed = check_url(url, require_https=s.webhook_require_https, allowed=allowed,
+                           ports=webhook_ports(s.webhook_allowed_ports))
+        assert parsed.host is not None
+        await resolve_checked(parsed.host, parsed.port or 443, allowed=allowed)
+    except ForbiddenDestination as exc:
+        if exc.address is None and exc.reason != UNRESOLVABLE:
+            raise  # about the URL's form alone (scheme, port, credentials...): nothing the caller does not know
+        # What the host is or resolves to stays here: otherwise registration is a resolver for internal names.
+        log.warning("webhook_destination_refused", account_id=principal(request).account_id, host=exc.host,
+                    address=exc.address, reason=exc.reason, detail=exc.message)
+        raise BadRequest(GENERIC_REFUSAL) from None
     return url
 
 
+def _account_wide(request: web.Request) -> None:
+    """The webhook carries every channel's statuses and its signing secret: unrestricted keys only."""
+    require_unrestricted(request, "the delivery-status webhook")
+
+
 async def _webhook(request: web.Request) -> asyncpg.Record:
+    _account_wide(request)
     found = await store.get(get_pool(request.app), principal(request).account_id)
     if found is None:
         raise NotFound("no delivery-status webhook is configured for this account")
@@ -75,6 +101,7 @@ async def _webhook(request: web.Request) -> asyncpg.Record:
 
 async def create(request: web.Request) -> web.Response:
     """POST: register the account's webhook (409 when one exists)."""
+    _account_wide(request)
     url = await _callback_url(request)
     created = await store.create(get_pool(request.app), principal(request).account_id, url, new_secret())
     if created is None:
@@ -89,6 +116,7 @@ async def read(request: web.Request) -> web.Response:
 
 async def replace(request: web.Request) -> web.Response:
     """PUT: change the URL (and re-enable a disabled webhook); never creates."""
+    _account_wide(request)
     url = await _callback_url(request)
     updated = await store.update_url(get_pool(request.app), principal(request).account_id, url)
     if updated is None:
@@ -98,6 +126,7 @@ async def replace(request: web.Request) -> web.Response:
 
 async def remove(request: web.Request) -> web.Response:
     """DELETE: remove the webhook and drop every delivery still queued for it."""
+    _account_wide(request)
     if not await store.delete(get_pool(request.app), principal(request).account_id):
         raise NotFound("no delivery-status webhook is configured for this account")
     return web.Response(status=204)
@@ -105,6 +134,7 @@ async def remove(request: web.Request) -> web.Response:
 
 async def rotate_secret(request: web.Request) -> web.Response:
     """POST .../rotate-secret: new secret; the old one keeps signing during the overlap."""
+    _account_wide(request)
     s = request.app[SETTINGS]
     rotated = await store.rotate(get_pool(request.app), principal(request).account_id, new_secret(),
                                  s.webhook_rotation_overlap_s)

@@ -17,10 +17,25 @@ import yarl
 from qlara_events import __version__
 from qlara_events.config import Settings
 from qlara_events.dispatcher.http1 import Http1Pool, HttpError
-from qlara_events.dispatcher.ssrf import UNRESOLVABLE, ForbiddenDestination, check_url, parse_networks
+from qlara_events.dispatcher.ssrf import (
+    GENERIC_REFUSAL,
+    UNRESOLVABLE,
+    ForbiddenDestination,
+    check_url,
+    parse_networks,
+    webhook_ports,
+)
+from qlara_events.logs import get_logger
 from qlara_events.standard_webhooks import signature_header
 
+log = get_logger("dispatcher")
+
 USER_AGENT = f"qlara-events/{__version__}"
+#: What the delivery log (read by the partner) says when the connection or the answer failed. Which way it failed
+#: (refused, reset, TLS, not HTTP) would tell whether something listens on the host's port, so it is only in the
+#: server log.
+CONNECTION_FAILED = "the connection to the webhook URL failed or its answer was not valid HTTP"
+UNRESOLVED = "the webhook URL's host could not be resolved"
 RESPONSE_READ_LIMIT = 16 * 1024
 
 
@@ -48,12 +63,18 @@ def _retry_after(value: str | None) -> float | None:
         return None  # an HTTP-date: rare from webhook receivers; the schedule applies
 
 
+def _public(exc: ForbiddenDestination) -> str:
+    """What a partner may read about a refused destination: a form problem as it is, never an address."""
+    return GENERIC_REFUSAL if exc.address is not None or exc.reason == UNRESOLVABLE else exc.message
+
+
 class Sender:
     """Signs and POSTs webhook attempts over pooled keep-alive connections (``http1.py``)."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._allowed = parse_networks(settings.webhook_allowed_networks)
+        self._ports = webhook_ports(settings.webhook_allowed_ports)
         self._pool: Http1Pool | None = None
         #: check_url's verdict per URL (the parsed URL, or the refusal): it depends on the URL and the settings
         #: alone. The addresses the host resolves to are checked on every new connection.
@@ -72,9 +93,10 @@ class Sender:
         verdict = self._checked.get(url)
         if verdict is None:
             try:
-                verdict = check_url(url, require_https=self._settings.webhook_require_https, allowed=self._allowed)
+                verdict = check_url(url, require_https=self._settings.webhook_require_https, allowed=self._allowed,
+                                    ports=self._ports)
             except ForbiddenDestination as exc:
-                verdict = f"forbidden destination: {exc.message}"
+                verdict = f"forbidden destination: {_public(exc)}"
             if len(self._checked) > 100_000:
                 self._checked.clear()
             self._checked[url] = verdict
@@ -104,11 +126,15 @@ class Sender:
         except TimeoutError:
             return AttemptResult(None, elapsed(), f"timed out after {self._settings.webhook_timeout_s:g} s", None)
         except ForbiddenDestination as exc:
+            log.warning("webhook_attempt_refused", delivery_id=delivery_id, host=target.host, port=target.port,
+                        reason=exc.reason, address=exc.address, detail=exc.message)
             if exc.reason == UNRESOLVABLE:
-                return AttemptResult(None, elapsed(), f"DNS: {exc.message}", None)
-            return AttemptResult(None, elapsed(), f"forbidden destination: {exc.message}", None)
+                return AttemptResult(None, elapsed(), f"DNS: {UNRESOLVED}", None)
+            return AttemptResult(None, elapsed(), f"forbidden destination: {_public(exc)}", None)
         except (HttpError, OSError) as exc:
-            return AttemptResult(None, elapsed(), f"{type(exc).__name__}: {exc}"[:500], None)
+            log.warning("webhook_attempt_failed", delivery_id=delivery_id, host=target.host, port=target.port,
+                        error=f"{type(exc).__name__}: {exc}"[:500])
+            return AttemptResult(None, elapsed(), CONNECTION_FAILED, None)
         error = None
         if not 200 <= answer.status < 300:
             error = f"HTTP {answer.status}"

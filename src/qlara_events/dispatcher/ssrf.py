@@ -43,7 +43,7 @@ import errno
 import ipaddress
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Final, TypeAlias
 
 import aiohttp
@@ -61,6 +61,20 @@ UNRESOLVABLE: Final = "unresolvable"
 """``ForbiddenDestination.reason`` when the host did not resolve: a delivery failure rather than an attack."""
 
 MAX_URL_LENGTH: Final = 2048
+
+#: The ports a webhook URL may always name; any other must be listed by the operator
+#: (``QLARA_WEBHOOK_ALLOWED_PORTS``): with every port open, delivery outcomes would map the ports of a host.
+STANDARD_PORTS: Final = frozenset({443, 80})
+
+#: What the API and the delivery log say about a destination refused for what its host is or resolves to: the
+#: details (the address, its range, the resolver's error) go to the server log only, or registering URLs
+#: would tell a partner what internal names resolve to.
+GENERIC_REFUSAL: Final = "the webhook URL's host is not an acceptable destination: it must resolve to public addresses"
+
+
+def webhook_ports(extra: Collection[int]) -> frozenset[int]:
+    """The ports a webhook URL may name: 443, 80 and the operator's ``extra``."""
+    return STANDARD_PORTS | frozenset(extra)
 
 
 class ForbiddenDestination(BadRequest):
@@ -296,12 +310,14 @@ def _hostname_problem(host: str) -> str | None:
     return "non-canonical IPv4 address"
 
 
-def check_url(url: str, *, require_https: bool, allowed: Sequence[IPNetwork]) -> yarl.URL:
+def check_url(url: str, *, require_https: bool, allowed: Sequence[IPNetwork],
+              ports: Collection[int] | None = None) -> yarl.URL:
     """Validate a webhook URL and return it parsed; raise ForbiddenDestination if it is not acceptable.
 
     Checks: absolute http(s) URL with a host, https unless ``require_https`` is False, no userinfo, port 1..65535,
     at most 2048 characters, and IP-literal hosts by :func:`forbidden_reason`. Hostnames are only checked for
     syntax: what they resolve to is judged at connect time (:func:`guarded_connector`, :func:`resolve_checked`).
+    With ``ports`` (see :func:`webhook_ports`), the URL's port (443 or 80 when it names none) must be one of them.
     """
     if len(url) > MAX_URL_LENGTH:
         raise ForbiddenDestination(f"the webhook URL is longer than {MAX_URL_LENGTH} characters", reason="too long")
@@ -323,6 +339,10 @@ def check_url(url: str, *, require_https: bool, allowed: Sequence[IPNetwork]) ->
         raise ForbiddenDestination("the webhook URL must not contain credentials (user:password@)", reason="userinfo")
     if port is None or not 1 <= port <= 65535:
         raise ForbiddenDestination(f"the webhook URL port {port} is not in 1..65535", reason="port")
+    if ports is not None and port not in ports:
+        raise ForbiddenDestination(
+            f"the webhook URL port {port} is not allowed: use 443 (https) or 80, or a port the operator allows",
+            reason="port")
     try:
         # parsed.host is the decoded form: an IPv6 zone is "%eth0" there and "%25eth0" in raw_host.
         literal: IPAddress | None = ipaddress.ip_address(parsed.host or host)

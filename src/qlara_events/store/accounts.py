@@ -68,6 +68,22 @@ async def create_key_row(conn: Conn | asyncpg.Pool, account_id: str, *, name: st
 KEY_COLUMNS: Final = "key_id, key_prefix, name, description, operations, created_at"
 
 
+async def create_key_capped(pool: asyncpg.Pool, account_id: str, max_active: int, *, name: str | None = None,
+                            operations: list[str] | None = None,
+                            description: str | None = None) -> tuple[str, asyncpg.Record] | None:
+    """Create a key unless the account already has ``max_active`` active keys (then None).
+
+    The account row is locked first, so concurrent creations cannot both pass the count.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("select 1 from accounts where account_id = $1 for no key update", account_id)
+        active = await conn.fetchval("select count(*) from api_keys where account_id = $1 and revoked_at is null",
+                                     account_id)
+        if active >= max_active:
+            return None
+        return await create_key_row(conn, account_id, name=name, operations=operations, description=description)
+
+
 async def list_keys(db: Conn | asyncpg.Pool, account_id: str) -> list[asyncpg.Record]:
     """The account's active keys, oldest first (never their value: it is not stored)."""
     return list(await db.fetch(

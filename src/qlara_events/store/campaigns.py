@@ -141,27 +141,22 @@ async def set_goal(db: Db, account_id: str, campaign_id: int, total: int, unit: 
         " and status in (0, 1) returning *", account_id, campaign_id, total, unit, price, fingerprint)
 
 
-async def confirm(conn: Conn, account_id: str, campaign_id: int, price: Decimal) -> str | None:
-    """Reserve the price from the account's credit and queue the campaign; the reason on failure."""
-    async with conn.transaction():
-        credit = await conn.fetchval("update accounts set credit = credit - $2 where account_id = $1"
-                                     " and credit >= $2 returning credit", account_id, price)
-        if credit is None:
-            return "insufficient credit"
-        done = await conn.fetchval(
-            "update campaigns set status = 1, confirmed_at = now(), reserved_credit = $3, updated_at = now()"
-            " where account_id = $1 and campaign_id = $2 and status in (0, 1) and confirmed_at is null"
-            " returning true", account_id, campaign_id, price)
-        if not done:
-            raise _NotConfirmable
-    return None
+async def lock(conn: Conn, account_id: str, campaign_id: int) -> asyncpg.Record | None:
+    """One campaign of the account, locked until the end of the caller's transaction."""
+    return await conn.fetchrow("select * from campaigns where account_id = $1 and campaign_id = $2 for update",
+                               account_id, campaign_id)
 
 
-class _NotConfirmable(Exception):
-    """Raised inside the transaction to roll the credit back."""
-
-
-NotConfirmable = _NotConfirmable
+async def confirm(conn: Conn, account_id: str, campaign_id: int, price: Decimal) -> bool:
+    """Reserve the price from the account's credit and queue the campaign (locked by :func:`lock` in this
+    transaction, and checked by the caller); False when the credit is insufficient."""
+    credit = await conn.fetchval("update accounts set credit = credit - $2 where account_id = $1"
+                                 " and credit >= $2 returning credit", account_id, price)
+    if credit is None:
+        return False
+    await conn.execute("update campaigns set status = 1, confirmed_at = now(), reserved_credit = $3,"
+                       " updated_at = now() where account_id = $1 and campaign_id = $2", account_id, campaign_id, price)
+    return True
 
 
 async def add_credit(db: Db, account_id: str, amount: Decimal) -> Decimal:
@@ -201,8 +196,9 @@ async def progress(db: Db, campaign_id: int, expanded: int, cursor: str, done: b
 
 
 #: Settling a campaign that ended: it is charged for the messages handed to the senders (expanded x
-#: unit price) and the account gets the rest of the reservation back (or pays the difference, when its
-#: lists grew between calculateGoal and the expansion). ``{ended}`` is the update that ends campaigns.
+#: unit price), never more than its reservation, and the account gets the rest of the reservation back.
+#: (The runner never sends past the confirmed count, so the cap only guards rows from before that rule.)
+#: ``{ended}`` is the update that ends campaigns.
 _SETTLE: Final = """
 with ended as ({ended}
     returning c.campaign_id, c.account_id, c.reserved_credit, c.charged_credit
@@ -214,7 +210,8 @@ with ended as ({ended}
 )
 select campaign_id from ended
 """
-_CHARGE: Final = "charged_credit = case when c.reserved_credit is null then null else c.expanded * c.unit_price end"
+_CHARGE: Final = ("charged_credit = case when c.reserved_credit is null then null"
+                  " else least(c.expanded * c.unit_price, c.reserved_credit) end")
 
 SQL_FAIL: Final = _SETTLE.format(ended=f"""
     update campaigns c set status = 4, failed_reason = $2, lease_until = null, completed_at = now(),

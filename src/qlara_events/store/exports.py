@@ -33,28 +33,43 @@ async def create(conn: Conn, account_id: str, kind: str, params: dict[str, Any],
         return await conn.fetchrow(SQL_CREATE_CAPPED, account_id, kind, params, max_pending)
 
 
-async def page(db: Db, account_id: str, limit: int, offset: int) -> list[asyncpg.Record]:
-    """The account's jobs, newest first."""
-    return list(await db.fetch(f"select {COLUMNS} from exports where account_id = $1"
+def _visible(n: int) -> str:
+    """SQL: the jobs a key restricted to the channels ``$n`` (a text[]; null: unrestricted) may see.
+
+    Message jobs queued by such a key carry ``params.channels`` and export only those channels; a job without
+    it holds every channel. Contacts are not per channel.
+    """
+    return (f"(${n}::text[] is null or kind = 'CONTACTS'"
+            f" or (params ? 'channels' and params->'channels' <@ to_jsonb(${n}::text[])))")
+
+
+async def page(db: Db, account_id: str, limit: int, offset: int,
+               channels: list[str] | None = None) -> list[asyncpg.Record]:
+    """The account's jobs (those a key restricted to ``channels`` may see), newest first."""
+    return list(await db.fetch(f"select {COLUMNS} from exports where account_id = $1 and {_visible(4)}"
                                " order by created_at desc, export_id desc limit $2 offset $3",
-                               account_id, limit, offset))
+                               account_id, limit, offset, channels))
 
 
-async def get(db: Db, account_id: str, export_id: int) -> asyncpg.Record | None:
-    """One job of the account."""
-    return await db.fetchrow(f"select {COLUMNS} from exports where account_id = $1 and export_id = $2",
-                             account_id, export_id)
+async def get(db: Db, account_id: str, export_id: int, channels: list[str] | None = None) -> asyncpg.Record | None:
+    """One job of the account (None when a key restricted to ``channels`` may not see it)."""
+    return await db.fetchrow(
+        f"select {COLUMNS} from exports where account_id = $1 and export_id = $2 and {_visible(3)}",
+        account_id, export_id, channels)
 
 
-async def regenerate(db: Db, account_id: str, export_id: int, max_pending: int) -> asyncpg.Record | None:
+async def regenerate(db: Db, account_id: str, export_id: int, max_pending: int,
+                     channels: list[str] | None = None) -> asyncpg.Record | None:
     """Queue a finished job again (a new file; the old one is removed by the caller); None when it is pending
-    already or the account has ``max_pending`` jobs queued or running."""
+    already, a key restricted to ``channels`` may not see it, or the account has ``max_pending`` jobs queued or
+    running."""
     return await db.fetchrow(
         "update exports set status = 'PENDING', attempts = 0, lease_until = null, error = null, row_count = null,"
         " size = null, started_at = null, completed_at = null, expires_at = null"
-        f" where account_id = $1 and export_id = $2 and status <> 'PENDING' and (select count(*) from exports"
-        f" where account_id = $1 and status = 'PENDING') < $3 returning {COLUMNS}",
-        account_id, export_id, max_pending)
+        f" where account_id = $1 and export_id = $2 and status <> 'PENDING' and {_visible(4)}"
+        " and (select count(*) from exports where account_id = $1 and status = 'PENDING') < $3"
+        f" returning {COLUMNS}",
+        account_id, export_id, max_pending, channels)
 
 
 #: Claim one job: a PENDING one, or one whose worker died (lease expired). Jobs that failed too often end
@@ -132,6 +147,7 @@ from messages m
 where m.account_id = $1 and m.submitted_at >= $2 and m.submitted_at <= $3
   and (($6::text is null and m.campaign_id is null) or m.campaign_id = $6)
   and ($4::text is null or m.sender = $4) and ($5::text is null or m.destination = $5)
+  and ($7::text[] is null or m.channel = any($7::text[]))
 order by m.submitted_at, m.message_id
 """
 
@@ -145,6 +161,7 @@ from message_events e join messages m on m.message_id = e.message_id
 where m.account_id = $1 and e.type = 'message.status'
   and ($2::text is null or m.campaign_id = $2)
   and ($3::timestamptz is null or e.occurred_at >= $3) and ($4::timestamptz is null or e.occurred_at <= $4)
+  and ($5::text[] is null or m.channel = any($5::text[]))
 order by e.occurred_at, e.event_id
 """
 
@@ -176,7 +193,7 @@ order by c.contact_id
 def history_args(account_id: str, p: dict[str, Any]) -> tuple[Any, ...]:
     """Arguments of :data:`SQL_HISTORY_CSV` from a job's params."""
     return (account_id, dt.datetime.fromisoformat(p["startDateTime"]), dt.datetime.fromisoformat(p["endDateTime"]),
-            p.get("sender"), p.get("destination"), p.get("campaignId"))
+            p.get("sender"), p.get("destination"), p.get("campaignId"), p.get("channels"))
 
 
 def reports_args(account_id: str, p: dict[str, Any]) -> tuple[Any, ...]:
@@ -184,7 +201,8 @@ def reports_args(account_id: str, p: dict[str, Any]) -> tuple[Any, ...]:
     start = p.get("startDateTime")
     end = p.get("endDateTime")
     return (account_id, None if p.get("campaignId") is None else str(p["campaignId"]),
-            dt.datetime.fromisoformat(start) if start else None, dt.datetime.fromisoformat(end) if end else None)
+            dt.datetime.fromisoformat(start) if start else None, dt.datetime.fromisoformat(end) if end else None,
+            p.get("channels"))
 
 
 def contacts_args(account_id: str, p: dict[str, Any]) -> tuple[Any, ...]:

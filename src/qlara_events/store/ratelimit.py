@@ -1,24 +1,25 @@
-"""Per-key rate limiting shared by every api process: fixed one-second and one-minute windows in Postgres.
+"""Per-key rate limiting shared by every api process: sliding one-second and one-minute windows in Postgres.
 
-One statement per request increments both windows and returns their counts. The table is UNLOGGED:
-losing counters in a crash only forgives a minute of traffic, and it spares the WAL a write per request.
+Fixed windows let a key spend its burst at the end of one window and again at the start of the next (twice the
+burst within milliseconds). Here a window's count is estimated over the last W seconds, whatever the clock says:
+the previous window's count weighted by how much of it is still inside, plus the current one's (the
+approximation Cloudflare describes for its limiter; exact if the previous window's requests were evenly spread).
+``rate_hit()`` (migration 014) decides and counts in one round trip under the key's row lock, so concurrent
+requests on several processes see one count. Only allowed requests are counted: a client that keeps retrying
+does not push its own window further away.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Final
 
 import asyncpg
 
-SQL_HIT: Final = """
-insert into rate_counters (key_id, kind, window_start, count)
-values ($1, 's', $2, 1), ($1, 'm', $3, 1)
-on conflict (key_id, kind, window_start) do update set count = rate_counters.count + 1
-returning kind, count
-"""
+SQL_HIT: Final = "select * from rate_hit($1, $2, $3, $4)"
 
-SQL_PRUNE: Final = "delete from rate_counters where window_start < $1"
+SQL_PRUNE: Final = "delete from rate_windows where m_start < $1"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -32,20 +33,33 @@ class Verdict:
     retry_after: int
 
 
+def wait_s(prev: int, count: int, elapsed: float, window: float, limit: int) -> float:
+    """Seconds until one more request fits a sliding window of ``limit`` per ``window`` seconds.
+
+    ``elapsed`` is how far the current window is; its estimate is ``prev x (1 - elapsed/window) + count``.
+    """
+    room = limit - 1 - count
+    if prev * (1 - elapsed / window) <= room:
+        return 0.0
+    if room >= 0 and prev > 0:
+        return window * (1 - room / prev) - elapsed  # the previous window's weight shrinks enough
+    # The current window alone is full: wait for it to become the previous one and lose enough weight.
+    return window - elapsed + window * max(0.0, 1 - (limit - 1) / count)
+
+
 async def hit(db: asyncpg.Pool, key_id: str, now: float, *, per_minute: int, burst: int) -> Verdict:
-    """Count one request of ``key_id`` at ``now`` (Unix seconds) and judge it."""
-    second = int(now)
-    minute = second - second % 60
-    counts = {r["kind"]: r["count"] for r in await db.fetch(SQL_HIT, key_id, second, minute)}
-    per_s, per_m = counts["s"], counts["m"]
-    reset = minute + 60
-    if per_m > per_minute:
-        return Verdict(False, per_minute, 0, reset, max(reset - second, 1))
-    if per_s > burst:
-        return Verdict(False, per_minute, max(per_minute - per_m, 0), reset, 1)
-    return Verdict(True, per_minute, per_minute - per_m, reset, 0)
+    """Count one request of ``key_id`` at ``now`` (Unix seconds) if it is allowed, and judge it."""
+    r = await db.fetchrow(SQL_HIT, key_id, now, per_minute, burst)
+    assert r is not None
+    reset = int(r["m_start"]) + 60
+    remaining = max(0, math.floor(per_minute - r["m_estimate"]))
+    if r["allowed"]:
+        return Verdict(True, per_minute, remaining, reset, 0)
+    wait = max(wait_s(r["m_prev"], r["m_count"], now - r["m_start"], 60.0, per_minute),
+               wait_s(r["s_prev"], r["s_count"], now - r["s_start"], 1.0, burst))
+    return Verdict(False, per_minute, remaining, reset, max(1, math.ceil(wait)))
 
 
 async def prune(db: asyncpg.Pool, now: float) -> None:
-    """Drop windows that ended more than two minutes ago."""
+    """Drop keys idle for more than two minutes (their windows no longer weigh on anything)."""
     await db.execute(SQL_PRUNE, int(now) - 180)
