@@ -18,6 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from qlara_events.api import params
 from qlara_events.api.auth import PREFIX, get_pool, principal
+from qlara_events.config import Settings
 from qlara_events.contacts import fields, phones, readers, vcard
 from qlara_events.contacts.importer import Import
 from qlara_events.contacts.rows import Columns, ImportRow
@@ -43,6 +44,11 @@ MAX_CUSTOM: Final = 50
 MAX_CUSTOM_KEY: Final = 64
 MAX_CUSTOM_NUMBER: Final = 1e15
 VCARD_COLUMNS: Final = Columns({"phoneNumber": 0, "email": 1, "firstName": 2, "lastName": 3, "fullName": 4})
+LIMITS: Final = web.AppKey("import_limits", readers.Limits)
+
+
+def _limits(request: web.Request) -> readers.Limits:
+    return request.app[LIMITS]
 
 
 def _ts(v: dt.datetime) -> str:
@@ -383,6 +389,8 @@ async def _run_import(request: web.Request, form: _Form, imp: Import, *, file_na
                     await store.add_imported(conn, list_id, ids)
     except (readers.UnreadableFile, vcard.VCardError) as exc:
         raise BadRequest(f"unsupported or corrupt file: {exc}") from None
+    except readers.LimitExceeded as exc:  # nothing is kept: the transaction rolls back
+        raise PayloadTooLarge(f"file refused: {exc}") from None
     finally:
         # Never leave the thread reading a file that is about to be deleted.
         with contextlib.suppress(Exception):
@@ -414,8 +422,9 @@ async def upload_contacts(request: web.Request) -> web.Response:
         if fmt is None:
             raise BadRequest("unsupported file type: the fileName must end in .csv, .txt, .tsv, .xlsx, .xlsm or .xls")
         assert form.path is not None
-        imp = Import(readers.rows(form.path, fmt, file_name), header=form.flag("removeHead"),
-                     preview=form.preview())
+        limits = _limits(request)
+        imp = Import(readers.rows(form.path, fmt, file_name, limits), header=form.flag("removeHead"),
+                     preview=form.preview(), max_rows=limits.max_rows)
         return await _run_import(request, form, imp, file_name=file_name, fmt=fmt)
     finally:
         form.cleanup()
@@ -439,7 +448,7 @@ async def upload_vcard(request: web.Request) -> web.Response:
             raise BadRequest("fileName must end in .vcf")
         assert form.path is not None
         imp = Import(_vcard_rows(form.path), header=False, columns=VCARD_COLUMNS,
-                     preview=form.preview())
+                     preview=form.preview(), max_rows=_limits(request).max_rows)
         return await _run_import(request, form, imp, file_name=file_name, fmt="VCARD")
     finally:
         form.cleanup()
@@ -565,8 +574,12 @@ async def delete_membership(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, settings: Settings) -> None:
     """Register the contact and contact-list routes (fixed paths before the {id} ones)."""
+    app[LIMITS] = readers.Limits(
+        max_rows=settings.import_max_rows, xlsx_max_uncompressed=settings.import_xlsx_max_uncompressed_bytes,
+        xlsx_max_part=settings.import_xlsx_max_part_bytes, xlsx_max_ratio=settings.import_xlsx_max_ratio,
+        xls_max_bytes=settings.import_xls_max_bytes)
     app.router.add_get(BASE, search_contacts)
     app.router.add_post(BASE, create_contact)
     app.router.add_delete(BASE, delete_contacts)
