@@ -162,6 +162,10 @@ class Settings:
     import_xlsx_max_part_bytes: int = 32 * 1024 * 1024
     import_xlsx_max_ratio: int = 200
     import_xls_max_bytes: int = 32 * 1024 * 1024
+    #: Imports one api process runs at once, each on a connection of their own pool (never the API's pool),
+    #: and how many of them one account may hold; past either, 503 / 429 with Retry-After.
+    import_pool_max: int = 2
+    import_max_per_account: int = 1
     #: Campaign pricing per message (per SMS part) in ``currency``, and how long a campaign may stay SENDING.
     prices: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_PRICES))
     currency: str = "EUR"
@@ -263,6 +267,8 @@ class Settings:
             import_xlsx_max_part_bytes=_int(e, "QLARA_IMPORT_XLSX_MAX_PART_BYTES", 32 * 1024 * 1024, 1024, 2**40),
             import_xlsx_max_ratio=_int(e, "QLARA_IMPORT_XLSX_MAX_RATIO", 200, 2, 100_000),
             import_xls_max_bytes=_int(e, "QLARA_IMPORT_XLS_MAX_BYTES", 32 * 1024 * 1024, 1024, 2**40),
+            import_pool_max=_int(e, "QLARA_IMPORT_POOL_MAX", 2, 1, 1000),
+            import_max_per_account=_int(e, "QLARA_IMPORT_MAX_PER_ACCOUNT", 1, 1, 1000),
             prices=_prices(e, "QLARA_PRICES"),
             currency=(opt("QLARA_CURRENCY") or "EUR").upper(),
             campaign_deadline_s=_int(e, "QLARA_CAMPAIGN_DEADLINE", 72 * 3600, 1, 30 * 24 * 3600),

@@ -6,6 +6,7 @@ cap are imported, another account's requests wait behind the imports).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import zipfile
@@ -17,8 +18,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from support.live import Account, LiveServer, serve, uid
-from support.settings import make_settings
+from support.live import Account, LiveServer, serve, uid, wait_until
+from support.settings import make_settings, new_account
 
 P = "/partner-gateway/v1"
 C = f"{P}/contacts"
@@ -230,3 +231,76 @@ class TestRowCap:
                         for i in range(MAX_ROWS + 1))
         status, body = await upload(http, limited, account, cards.encode(), "all.vcf", path=f"{C}/upload/vcard")
         assert status == 413 and f"{MAX_ROWS} rows" in body["message"], body
+
+
+class TestImportsCannotExhaustTheApiPool:
+    """Imports run on a pool of their own: however many there are, other accounts' requests are served."""
+
+    @staticmethod
+    async def blocked_behind(db: Any, pid: int) -> int:
+        """How many backends wait for a lock the backend ``pid`` holds."""
+        return int(await db.fetchval("select count(*) from pg_stat_activity where $1 = any(pg_blocking_pids(pid))",
+                                     pid))
+
+    async def test_other_accounts_are_served_while_imports_hold_their_connections(self, http, infra,
+                                                                                 db) -> None:
+        """With an API pool of 3, four accounts' imports held mid-transaction (the test locks the contact each
+        one updates) leave another account's requests served; the import beyond the import pool is a 503."""
+        settings = make_settings(*infra, QLARA_DB_POOL_MAX="3", QLARA_IMPORT_POOL_MAX="2")
+        importers = [await new_account(db) for _ in range(4)]
+        bystander = await new_account(db)
+        async with serve(settings, ["api"]) as own, db.acquire() as lock:
+            phones = [f"+39338{i:07d}" for i in range(len(importers))]
+            for a, phone in zip(importers, phones, strict=True):
+                async with http.post(f"{own.url}{C}", json={"phoneNumber": phone}, headers=a.headers) as r:
+                    assert r.status == 201
+            locked = lock.transaction()
+            await locked.start()
+            await lock.execute("select 1 from contacts where account_id = any($1) for update",
+                               [a.id for a in importers])
+            imports = [asyncio.create_task(upload(http, own, a, f"phone,firstName\n{p},Held\n".encode(), "h.csv"))
+                       for a, p in zip(importers, phones, strict=True)]
+            try:
+                async def two_held() -> bool:
+                    return await self.blocked_behind(db, lock.get_server_pid()) >= 2
+
+                await wait_until(two_held, what="two imports held")
+                # Held: none can finish while the lock is. Another account's request must not wait for them;
+                # the wait below only detects the deadlock the fix removes.
+                served = asyncio.create_task(contacts_with(http, own, bystander, "x"))
+                done, _ = await asyncio.wait([served], timeout=60)
+                assert served in done, "another account's request waited behind the imports (API pool exhausted)"
+                assert served.result() == []
+                assert await self.blocked_behind(db, lock.get_server_pid()) == 2  # the import pool's size
+                assert sum(not t.done() for t in imports) >= 2, "the held imports finished: nothing was shown"
+            finally:
+                await locked.rollback()
+            results = await asyncio.gather(*imports)
+        statuses = sorted(status for status, _ in results)
+        assert statuses == [200, 200, 503, 503], results
+        refused = [body for status, body in results if status == 503]
+        assert all("imports are already running" in b["message"] and b["retryAfter"] > 0 for b in refused)
+
+    async def test_one_account_holds_at_most_its_share(self, http, infra, db) -> None:
+        """An account whose import is running gets a 429 with Retry-After for a second one, at once."""
+        settings = make_settings(*infra, QLARA_IMPORT_POOL_MAX="2")
+        a = await new_account(db)
+        async with serve(settings, ["api"]) as own, db.acquire() as lock:
+            async with http.post(f"{own.url}{C}", json={"phoneNumber": "+393390000001"}, headers=a.headers) as r:
+                assert r.status == 201
+            locked = lock.transaction()
+            await locked.start()
+            await lock.execute("select 1 from contacts where account_id = $1 for update", a.id)
+            first = asyncio.create_task(upload(http, own, a, b"phone\n+393390000001\n", "1.csv"))
+            try:
+                await wait_until(lambda: self.blocked_behind(db, lock.get_server_pid()), what="import held")
+                second = asyncio.create_task(upload(http, own, a, b"phone\n+393390000002\n", "2.csv"))
+                done, _ = await asyncio.wait([second], timeout=60)  # detects the wait the cap removes
+                assert second in done, "the account's second import queued behind its first"
+                status, body = second.result()
+                assert status == 429 and body["retryAfter"] > 0 and "already runs" in body["message"], body
+                assert not first.done()
+            finally:
+                await locked.rollback()
+            status, rep = await first
+            assert status == 200 and rep["summary"]["updated"] == 1, rep
