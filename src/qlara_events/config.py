@@ -158,6 +158,16 @@ class Settings:
     export_max_pending_per_account: int = 5
     #: Bytes of media an account may store in all.
     media_quota_bytes: int = 1024 * 1024 * 1024
+    #: Contact imports: data rows per file, and what XLSX/XLS parsers would otherwise hold whole (413 past them).
+    import_max_rows: int = 1_000_000
+    import_xlsx_max_uncompressed_bytes: int = 512 * 1024 * 1024
+    import_xlsx_max_part_bytes: int = 32 * 1024 * 1024
+    import_xlsx_max_ratio: int = 200
+    import_xls_max_bytes: int = 32 * 1024 * 1024
+    #: Imports one api process runs at once, each on a connection of their own pool (never the API's pool),
+    #: and how many of them one account may hold; past either, 503 / 429 with Retry-After.
+    import_pool_max: int = 2
+    import_max_per_account: int = 1
     #: Campaign pricing per message (per SMS part) in ``currency``, and how long a campaign may stay SENDING.
     prices: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_PRICES))
     currency: str = "EUR"
@@ -258,6 +268,14 @@ class Settings:
             export_ttl_s=_int(e, "QLARA_EXPORT_TTL", 24 * 3600, 60, 30 * 24 * 3600),
             export_max_pending_per_account=_int(e, "QLARA_EXPORT_MAX_PENDING_PER_ACCOUNT", 5, 1, 10_000),
             media_quota_bytes=_int(e, "QLARA_MEDIA_QUOTA_BYTES", 1024 * 1024 * 1024, 1, 2**50),
+            import_max_rows=_int(e, "QLARA_IMPORT_MAX_ROWS", 1_000_000, 1, 100_000_000),
+            import_xlsx_max_uncompressed_bytes=_int(e, "QLARA_IMPORT_XLSX_MAX_UNCOMPRESSED_BYTES",
+                                                    512 * 1024 * 1024, 1024, 2**40),
+            import_xlsx_max_part_bytes=_int(e, "QLARA_IMPORT_XLSX_MAX_PART_BYTES", 32 * 1024 * 1024, 1024, 2**40),
+            import_xlsx_max_ratio=_int(e, "QLARA_IMPORT_XLSX_MAX_RATIO", 200, 2, 100_000),
+            import_xls_max_bytes=_int(e, "QLARA_IMPORT_XLS_MAX_BYTES", 32 * 1024 * 1024, 1024, 2**40),
+            import_pool_max=_int(e, "QLARA_IMPORT_POOL_MAX", 2, 1, 1000),
+            import_max_per_account=_int(e, "QLARA_IMPORT_MAX_PER_ACCOUNT", 1, 1, 1000),
             prices=_prices(e, "QLARA_PRICES"),
             currency=(opt("QLARA_CURRENCY") or "EUR").upper(),
             campaign_deadline_s=_int(e, "QLARA_CAMPAIGN_DEADLINE", 72 * 3600, 1, 30 * 24 * 3600),

@@ -89,6 +89,14 @@ class TooManyRequests(QlaraError):
         self.retry_after = retry_after
 
 
+class ImportsBusy(TooManyRequests):
+    """The account already runs as many imports on this process as it may; retry after ``retry_after`` s."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        QlaraError.__init__(self, message, retryAfter=retry_after)
+        self.retry_after = retry_after
+
+
 class Unavailable(QlaraError):
     """A dependency (Kafka, Postgres) is unavailable; the caller should retry after ``retry_after`` s."""
 

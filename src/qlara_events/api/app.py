@@ -95,4 +95,4 @@ def setup(app: web.Application, settings: Settings) -> None:
     app.cleanup_ctx.append(publisher_ctx)
     app[READINESS_CHECKS].append(("kafka_api", publisher.check))
     socials.add_routes(app)
-    contacts.add_routes(app)
+    contacts.add_routes(app, settings)

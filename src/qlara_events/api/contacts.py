@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -18,12 +19,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from qlara_events.api import params
 from qlara_events.api.auth import PREFIX, get_pool, principal
+from qlara_events.config import Settings
 from qlara_events.contacts import fields, phones, readers, vcard
 from qlara_events.contacts.importer import Import
 from qlara_events.contacts.rows import Columns, ImportRow
-from qlara_events.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+from qlara_events.errors import BadRequest, Conflict, ImportsBusy, NotFound, Overloaded, PayloadTooLarge
 from qlara_events.http import json_object, json_response, text_part
 from qlara_events.store import contacts as store
+from qlara_events.store.db import create_pool
 
 BASE: Final = f"{PREFIX}/contacts"
 LISTS: Final = f"{BASE}/list"
@@ -43,6 +46,64 @@ MAX_CUSTOM: Final = 50
 MAX_CUSTOM_KEY: Final = 64
 MAX_CUSTOM_NUMBER: Final = 1e15
 VCARD_COLUMNS: Final = Columns({"phoneNumber": 0, "email": 1, "firstName": 2, "lastName": 3, "fullName": 4})
+LIMITS: Final = web.AppKey("import_limits", readers.Limits)
+#: Seconds a refused import is told to wait: imports last seconds to minutes.
+IMPORT_RETRY_AFTER: Final = 10
+
+
+def _limits(request: web.Request) -> readers.Limits:
+    return request.app[LIMITS]
+
+
+class ImportSlots:
+    """The imports this process runs: a Postgres pool of their own, and who holds its connections.
+
+    An import holds its connection (one transaction) for as long as it parses, minutes for a large file; on
+    the API's pool, a few imports would leave every other request of every account waiting. Here they can only
+    take the ``size`` connections of their own pool; one more is refused at once (503) rather than queued
+    with its upload in a temporary file, and one account may hold ``per_account`` of them (429).
+    """
+
+    def __init__(self, size: int, per_account: int) -> None:
+        self.size = size
+        self.per_account = per_account
+        self.running: collections.Counter[str] = collections.Counter()
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The imports' pool (``size`` connections), open while the application runs."""
+        assert self._pool is not None, "the import pool opens with the application"
+        return self._pool
+
+    async def open(self, settings: Settings) -> None:
+        """Open the pool (no connection until the first import)."""
+        self._pool = await create_pool(settings, min_size=0, max_size=self.size)
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self._pool is not None:
+            await self._pool.close()
+
+    @contextlib.contextmanager
+    def slot(self, account_id: str) -> Iterator[None]:
+        """Hold one of the slots for ``account_id`` over the block, or refuse at once."""
+        if self.running[account_id] >= self.per_account:
+            raise ImportsBusy(f"this account already runs {self.per_account} import(s) here; retry once it has "
+                              "finished", retry_after=IMPORT_RETRY_AFTER)
+        if sum(self.running.values()) >= self.size:
+            raise Overloaded(f"{self.size} imports are already running; retry later",
+                             retry_after=IMPORT_RETRY_AFTER)
+        self.running[account_id] += 1
+        try:
+            yield
+        finally:
+            self.running[account_id] -= 1
+            if not self.running[account_id]:
+                del self.running[account_id]
+
+
+IMPORTS: Final = web.AppKey("import_slots", ImportSlots)
 
 
 def _ts(v: dt.datetime) -> str:
@@ -357,12 +418,18 @@ class _Form:
 
 
 async def _run_import(request: web.Request, form: _Form, imp: Import, *, file_name: str, fmt: str) -> web.Response:
-    """Drive ``imp`` in a worker thread, upserting each batch in one transaction; the import report."""
+    """Drive ``imp`` in a worker thread, upserting each batch in one transaction on the imports' own pool."""
     account_id = principal(request).account_id
     list_id = form.number("listId", 1, MAX_ID)
-    pool = get_pool(request.app)
-    if list_id is not None and not await store.list_exists(pool, account_id, list_id):
+    if list_id is not None and not await store.list_exists(get_pool(request.app), account_id, list_id):
         raise NotFound("no such contact list in this account (listId)")
+    imports = request.app[IMPORTS]
+    with imports.slot(account_id):
+        return await _import(imports.pool, account_id, list_id, imp, file_name=file_name, fmt=fmt)
+
+
+async def _import(pool: asyncpg.Pool, account_id: str, list_id: int | None, imp: Import, *, file_name: str,
+                  fmt: str) -> web.Response:
     batches: Iterator[list[ImportRow]] = imp.batches(BATCH)
     created = updated = 0
 
@@ -383,6 +450,8 @@ async def _run_import(request: web.Request, form: _Form, imp: Import, *, file_na
                     await store.add_imported(conn, list_id, ids)
     except (readers.UnreadableFile, vcard.VCardError) as exc:
         raise BadRequest(f"unsupported or corrupt file: {exc}") from None
+    except readers.LimitExceeded as exc:  # nothing is kept: the transaction rolls back
+        raise PayloadTooLarge(f"file refused: {exc}") from None
     finally:
         # Never leave the thread reading a file that is about to be deleted.
         with contextlib.suppress(Exception):
@@ -414,8 +483,9 @@ async def upload_contacts(request: web.Request) -> web.Response:
         if fmt is None:
             raise BadRequest("unsupported file type: the fileName must end in .csv, .txt, .tsv, .xlsx, .xlsm or .xls")
         assert form.path is not None
-        imp = Import(readers.rows(form.path, fmt, file_name), header=form.flag("removeHead"),
-                     preview=form.preview())
+        limits = _limits(request)
+        imp = Import(readers.rows(form.path, fmt, file_name, limits), header=form.flag("removeHead"),
+                     preview=form.preview(), max_rows=limits.max_rows)
         return await _run_import(request, form, imp, file_name=file_name, fmt=fmt)
     finally:
         form.cleanup()
@@ -439,7 +509,7 @@ async def upload_vcard(request: web.Request) -> web.Response:
             raise BadRequest("fileName must end in .vcf")
         assert form.path is not None
         imp = Import(_vcard_rows(form.path), header=False, columns=VCARD_COLUMNS,
-                     preview=form.preview())
+                     preview=form.preview(), max_rows=_limits(request).max_rows)
         return await _run_import(request, form, imp, file_name=file_name, fmt="VCARD")
     finally:
         form.cleanup()
@@ -565,8 +635,20 @@ async def delete_membership(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, settings: Settings) -> None:
     """Register the contact and contact-list routes (fixed paths before the {id} ones)."""
+    imports = app[IMPORTS] = ImportSlots(settings.import_pool_max, settings.import_max_per_account)
+
+    async def import_pool(_: web.Application) -> AsyncIterator[None]:
+        await imports.open(settings)
+        yield
+        await imports.close()
+
+    app.cleanup_ctx.append(import_pool)
+    app[LIMITS] = readers.Limits(
+        max_rows=settings.import_max_rows, xlsx_max_uncompressed=settings.import_xlsx_max_uncompressed_bytes,
+        xlsx_max_part=settings.import_xlsx_max_part_bytes, xlsx_max_ratio=settings.import_xlsx_max_ratio,
+        xls_max_bytes=settings.import_xls_max_bytes)
     app.router.add_get(BASE, search_contacts)
     app.router.add_post(BASE, create_contact)
     app.router.add_delete(BASE, delete_contacts)

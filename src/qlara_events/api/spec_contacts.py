@@ -179,7 +179,10 @@ def _upload(summary: str, op_id: str, file_pattern: str, extra: dict[str, Any]) 
             "400": _error("Missing part, bad field, unsupported extension, or a corrupt file"),
             "401": _error("API key missing, invalid or revoked"),
             "404": _error("listId is not a list of the account"),
-            "413": _error(f"File over {views.MAX_UPLOAD} bytes"), "429": _error("Rate limit exceeded")},
+            "413": _error(f"File over {views.MAX_UPLOAD} bytes, or past an import limit (rows, XLSX expansion, "
+                          "XLS size): nothing is kept"),
+            "429": _error("Rate limit exceeded, or the account already runs its share of imports (Retry-After)"),
+            "503": _error("This process already runs as many imports as it has connections for (Retry-After)")},
     }
 
 
