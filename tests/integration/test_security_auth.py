@@ -146,6 +146,26 @@ class TestRestrictedKeys:
                              params={"channel": "WHATSAPP"})
         assert code == 403
 
+    async def test_campaign_lists_show_only_its_channels(self, http, server: LiveServer, account: Account) -> None:
+        """An SMS-only key lists the SMS campaigns only (the ones it may open), and another channel's stats
+        are 403 to it."""
+        made = {}
+        for mode in ("SMS", "WHATSAPP", "RCS_SMS"):
+            code, camp = await call(http, server.url, "POST", C, account.headers,
+                                    {"name": f"list-{mode}", "sendingMode": mode, "destinationType": 2,
+                                     "destinations": ["+393471234567"]})
+            assert code == 201, camp
+            made[mode] = camp["id"]
+        sms = await restricted_key(http, server, account, "SMS")
+        code, listed = await call(http, server.url, "GET", C, sms, params={"limit": "100"})
+        assert code == 200 and {c["id"] for c in listed} == {made["SMS"]}, listed
+        code, everything = await call(http, server.url, "GET", C, account.headers, params={"limit": "100"})
+        assert code == 200 and set(made.values()) <= {c["id"] for c in everything}
+        days = {"startDate": "2026-01-01", "endDate": "2026-01-02"}
+        assert (await call(http, server.url, "GET", f"{C}/stats", sms, params={**days, "sendingMode": "WHATSAPP"})
+                )[0] == 403
+        assert (await call(http, server.url, "GET", f"{C}/stats", sms, params=days))[0] == 200
+
     async def test_cannot_revoke_or_list_keys(self, http, server: LiveServer, account: Account) -> None:
         """An SMS-only key can neither revoke the account's main key nor list or look up keys."""
         main_id = (await call(http, server.url, "GET", KEYS, account.headers))[1][0]["id"]

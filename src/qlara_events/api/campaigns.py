@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 
 from qlara_events.api import params
-from qlara_events.api.auth import PREFIX, get_pool, principal, require_channel
+from qlara_events.api.auth import PREFIX, get_pool, key_channels, principal, require_channel
 from qlara_events.config import Settings
 from qlara_events.contacts.phones import from_e164
 from qlara_events.domain import campaigns as rules
@@ -217,8 +217,9 @@ async def list_campaigns(request: web.Request) -> web.Response:
         raise BadRequest("page, limit and status must be integers") from None
     if not 0 <= page <= 1_000_000 or not 1 <= limit <= 1000 or (status is not None and status not in STATUS_NAMES):
         raise BadRequest("page >= 0, limit 1..1000, status 0..4")
+    # A key restricted to some channels lists the campaigns it may open (their first channel is one of them).
     rows = await store.page(get_pool(request.app), principal(request).account_id, status, limit,
-                            params.offset(page, limit))
+                            params.offset(page, limit), key_channels(request))
     return json_response([campaign_json(r) for r in rows])
 
 
@@ -381,7 +382,11 @@ async def stats(request: web.Request) -> web.Response:
         raise BadRequest("page >= 0 and limit 1..1000")
     if is_draft == "true":  # drafts never sent anything: they have no counters
         return json_response([])
-    rows = await store.period_stats(get_pool(request.app), principal(request).account_id, unit, start, end, mode)
+    if mode is not None:
+        require_channel(request, mode)
+    channels = [mode] if mode is not None else key_channels(request)
+    rows = await store.period_stats(get_pool(request.app), principal(request).account_id, unit, start, end,
+                                    channels)
     buckets: dict[dt.datetime, dict[str, int]] = {}
     for r in rows:
         buckets.setdefault(r["period"], {})[r["status"]] = int(r["n"])

@@ -39,11 +39,13 @@ async def get(db: Db, account_id: str, campaign_id: int) -> asyncpg.Record | Non
                              account_id, campaign_id)
 
 
-async def page(db: Db, account_id: str, status: int | None, limit: int, offset: int) -> list[asyncpg.Record]:
-    """The account's campaigns, newest first."""
+async def page(db: Db, account_id: str, status: int | None, limit: int, offset: int,
+               channels: list[str] | None = None) -> list[asyncpg.Record]:
+    """The account's campaigns, newest first; with ``channels``, those whose sending mode starts with one."""
     return list(await db.fetch(
         "select * from campaigns where account_id = $1 and ($2::smallint is null or status = $2)"
-        " order by campaign_id desc limit $3 offset $4", account_id, status, limit, offset))
+        " and ($5::text[] is null or split_part(sending_mode, '_', 1) = any($5))"
+        " order by campaign_id desc limit $3 offset $4", account_id, status, limit, offset, channels))
 
 
 async def update(db: Db, account_id: str, campaign_id: int, values: dict[str, Any]) -> asyncpg.Record | None:
@@ -251,13 +253,14 @@ SQL_STATS: Final = """
 select date_trunc($2, k.hour at time zone 'UTC') as period, k.status, sum(k.count)::bigint as n
 from campaign_counters k join campaigns c on k.campaign_id = c.campaign_id::text
 where c.account_id = $1 and k.hour >= $3 and k.hour < $4
-  and ($5::text is null or split_part(c.sending_mode, '_', 1) = $5)
+  and ($5::text[] is null or split_part(c.sending_mode, '_', 1) = any($5))
 group by 1, 2
 """
 
 
 async def period_stats(db: Db, account_id: str, unit: str, start: dt.datetime, end: dt.datetime,
-                       channel: str | None) -> list[asyncpg.Record]:
-    """(period, status, count) rows from the counters, for the account's campaigns."""
+                       channels: list[str] | None) -> list[asyncpg.Record]:
+    """(period, status, count) rows from the counters, for the account's campaigns whose sending mode starts
+    with one of ``channels`` (all of them: None)."""
     assert unit in ("hour", "day", "week", "month")
-    return list(await db.fetch(SQL_STATS, account_id, unit, start, end, channel))
+    return list(await db.fetch(SQL_STATS, account_id, unit, start, end, channels))
