@@ -181,7 +181,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
             return
         print("\n".join([*banner, f"ready on {base} (Ctrl-C to stop)"]), flush=True)
 
-    web.run_app(app, host=settings.http_host, port=settings.http_port, print=announce,
+    web.run_app(app, host=settings.http_host, port=settings.http_port, print=announce, backlog=settings.http_backlog,
                 shutdown_timeout=15, access_log=None, handle_signals=True, loop=loop,
                 handler_cancellation=HANDLER_CANCELLATION)
     if not args.child:

@@ -82,6 +82,8 @@ class Settings:
 
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    #: Connections the kernel queues before the server accepts them (``listen()`` backlog).
+    http_backlog: int = 1024
     #: A port of its own for /metrics and /readyz (``QLARA_OPS_PORT``); None serves them on ``http_port``.
     ops_port: int | None = None
     ops_host: str = "127.0.0.1"
@@ -219,6 +221,7 @@ class Settings:
         return cls(
             http_host=opt("QLARA_HTTP_HOST") or "127.0.0.1",
             http_port=_int(e, "QLARA_HTTP_PORT", 8080, 0, 65535),
+            http_backlog=_int(e, "QLARA_HTTP_BACKLOG", 1024, 1, 65535),
             ops_port=_int(e, "QLARA_OPS_PORT", 0, 1, 65535) if opt("QLARA_OPS_PORT") else None,
             ops_host=opt("QLARA_OPS_HOST") or opt("QLARA_HTTP_HOST") or "127.0.0.1",
             public_base_url=(opt("QLARA_PUBLIC_BASE_URL") or "").rstrip("/"),
