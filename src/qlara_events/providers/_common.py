@@ -95,15 +95,17 @@ def clip_body(text: str) -> str:
     return text[:MAX_TEXT_LENGTH]
 
 
-def params(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+def params(pairs: Iterable[tuple[str, str]], *, refuse_nul: bool = True) -> dict[str, str]:
     """Form/query pairs as a dict; the first occurrence of a repeated name wins.
 
     A NUL anywhere is refused with the field's name: Postgres text cannot hold it, so an event carrying
-    one could never be projected (the projector would set it aside as unreadable).
+    one could never be projected (the projector would set it aside as unreadable). Signature checks read
+    the fields with ``refuse_nul=False``: an authentic callback with a NUL is refused by normalisation,
+    after the signature, so it is kept in ``qlara.ingest-rejected`` like any other unreadable payload.
     """
     out: dict[str, str] = {}
     for key, value in pairs:
-        if "\x00" in value or "\x00" in key:
+        if refuse_nul and ("\x00" in value or "\x00" in key):
             raise InvalidEvent("must not contain NUL characters", field=key.replace("\x00", "\\0")[:64])
         out.setdefault(key, value)
     return out

@@ -107,7 +107,7 @@ class VonageProvider:
         """Check ``sig`` and the freshness of ``timestamp``; accept everything when no secret is set."""
         if self._secret is None:
             return
-        fields = _fields(cb)
+        fields = _fields(cb, refuse_nul=False)  # a NUL is normalisation's to refuse, after the signature
         given, stamp = fields.get("sig"), opt_int(fields, "timestamp")
         if not given or stamp is None:
             raise Unauthorized("missing sig or timestamp")
@@ -145,14 +145,14 @@ class VonageProvider:
         return OK
 
 
-def _fields(cb: Callback) -> dict[str, str]:
+def _fields(cb: Callback, *, refuse_nul: bool = True) -> dict[str, str]:
     """The receipt's parameters from the query (GET), a JSON body or a form body."""
     if cb.method.upper() == "GET":
-        return params(cb.query)
+        return params(cb.query, refuse_nul=refuse_nul)
     if cb.content_type == "application/json" or (not cb.content_type and cb.body.lstrip()[:1] == b"{"):
         body = decode_json_object(cb.body, "body")
-        return {key: _scalar(value, key) for key, value in body.items()}
-    return params(cb.form())
+        return params(((key, _scalar(value, key)) for key, value in body.items()), refuse_nul=refuse_nul)
+    return params(cb.form(), refuse_nul=refuse_nul)
 
 
 def _scalar(value: object, key: str) -> str:
