@@ -58,6 +58,15 @@ class TestFields:
             with pytest.raises(ValueError):
                 fields.email(bad)
 
+    def test_email_rule_is_the_documents(self) -> None:
+        """The server's rule and the OpenAPI pattern (read by ECMA-262 engines) agree: control characters
+        such as U+001D (whitespace to Python's \\s, not to ECMA's) and a final newline (matched by Python's
+        $) are refused; non-ASCII letters pass."""
+        assert fields.email("é@ü.it") == "é@ü.it"
+        for bad in ("x\x1d@y.z", "x@y.z\n", "x\x0e@y.z", "x@y\x7f.z"):
+            with pytest.raises(ValueError):
+                fields.email(bad)
+
     @pytest.mark.parametrize(("cell", "value"), [("m", "MALE"), ("Female", "FEMALE"), ("Donna", "FEMALE"),
                                                   ("OTHER", "OTHER")])
     def test_gender(self, cell: str, value: str) -> None:
