@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import aiohttp
 import orjson
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from qlara_events.config import Settings
 from qlara_events.standard_webhooks import secret_key, signature_header
@@ -137,6 +137,36 @@ async def wait_until(probe: Callable[[], Awaitable[T | None]], *, timeout: float
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(delay)
         delay = min(delay * 1.5, 0.25)
+
+
+async def read_topic_to_end(settings: Settings, topic: str, match: Callable[[dict[str, Any]], bool], *,
+                            timeout: float = 30.0) -> list[dict[str, Any]]:
+    """Every record of ``topic`` up to its end offsets as of this call whose JSON value matches.
+
+    Unlike :func:`read_topic` it does not stop at the first match, so it can show a record is absent.
+    """
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    found: list[dict[str, Any]] = []
+    try:
+        # Without a group every partition of the topic is assigned once its metadata arrived.
+        partitions = await wait_until(lambda: _assigned(consumer), timeout=timeout, what=f"{topic}'s partitions")
+        ends = await consumer.end_offsets(partitions)
+        deadline = time.monotonic() + timeout
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s reading {topic} to its end offsets {ends}")
+            batch = await consumer.getmany(*partitions, timeout_ms=200)
+            for tp, recs in batch.items():
+                found += [v for r in recs if r.offset < ends[tp] and match(v := orjson.loads(r.value))]
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def _assigned(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+    return sorted(consumer.assignment())
 
 
 async def read_topic(settings: Settings, topic: str, match: Callable[[dict[str, Any]], bool], *,
