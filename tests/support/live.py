@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from qlara_events.config import Settings
 from qlara_events.standard_webhooks import secret_key, signature_header
@@ -163,6 +164,37 @@ async def read_topic_to_end(settings: Settings, topic: str, match: Callable[[dic
     finally:
         await consumer.stop()
     return found
+
+
+async def end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, int]:
+    """The end offset of every partition of ``topic`` now."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = await wait_until(lambda: _assigned(consumer), what=f"{topic}'s partitions")
+        return dict(await consumer.end_offsets(partitions))
+    finally:
+        await consumer.stop()
+
+
+async def wait_projected(settings: Settings, *, timeout: float = 30.0) -> None:
+    """Await until the projector group committed every delivery event published before this call.
+
+    The projector commits a batch's offsets only after its transaction, so everything published so far is
+    in Postgres afterwards (whichever partition its key chose).
+    """
+    ends = await end_offsets(settings, settings.topics.delivery_events)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        async def caught_up() -> bool:
+            committed = await admin.list_consumer_group_offsets(settings.consumer_group_projector)
+            return all(end == 0 or (tp in committed and committed[tp].offset >= end) for tp, end in ends.items())
+
+        await wait_until(caught_up, timeout=timeout, what=f"the projector to commit up to {ends}")
+    finally:
+        await admin.close()
 
 
 async def _assigned(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
