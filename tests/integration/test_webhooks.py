@@ -259,6 +259,50 @@ class TestDelivery:
         assert len(receiver.requests[later]) == 1
 
 
+class TestTenancy:
+    """Another account's deliveries can be neither listed, nor retried, nor recovered."""
+
+    async def test_other_accounts_deliveries(self, http, server, db, account, other_account, receiver) -> None:
+        """With a webhook of its own, another account sees none of the deliveries and its retry (404) and
+        recover (0 scheduled) leave the dead delivery alone; the owner's retry attempts it again."""
+        token = uid()
+        await register(http, server, account, receiver.endpoint("fail", token))
+        await register(http, server, other_account, receiver.endpoint("ok", uid()))
+        events = delivered(account.id)
+        await post_events(http, server, events)
+
+        async def dead() -> list[dict[str, Any]]:
+            return await deliveries(http, server, account, status="dead")
+
+        [item] = await wait_until(dead, what="delivery dead-lettered")
+        assert len(receiver.requests[token]) == item["attempts"] == 4
+        assert await deliveries(http, server, other_account) == []
+        assert await deliveries(http, server, other_account, messageId=events[0]["messageId"]) == []
+        async with http.post(f"{server.url}{HOOK}/deliveries/{item['deliveryId']}/retry",
+                             headers=other_account.headers) as r:
+            assert r.status == 404 and (await r.json())["status"] == 404
+        now = dt.datetime.now(dt.UTC)
+        window = {"since": (now - dt.timedelta(hours=1)).isoformat(), "until": (now + dt.timedelta(hours=1)).isoformat()}
+        async with http.post(f"{server.url}{HOOK}/deliveries/recover", json=window,
+                             headers=other_account.headers) as r:
+            assert r.status == 202 and (await r.json())["scheduled"] == 0
+        row = await db.fetchrow("select state, attempts from webhook_deliveries where delivery_id = $1",
+                                item["deliveryId"])
+        assert (row["state"], row["attempts"]) == ("dead", 4)
+        # The owner's retry is a new round of the schedule: four more attempts, and only those.
+        async with http.post(f"{server.url}{HOOK}/deliveries/{item['deliveryId']}/retry",
+                             headers=account.headers) as r:
+            assert r.status == 202 and (await r.json()) == {"deliveryId": item["deliveryId"], "status": "scheduled"}
+        got = await receiver.wait_for(token, 8)
+        assert len({g.headers["webhook-id"] for g in got}) == 1
+
+        async def dead_again() -> list[dict[str, Any]]:
+            return [d for d in await deliveries(http, server, account, status="dead") if d["attempts"] == 8]
+
+        await wait_until(dead_again, what="the retried delivery dead again")
+        assert len(receiver.requests[token]) == 8
+
+
 class TestIsolation:
     """A hanging and a failing partner do not delay a healthy one."""
 
