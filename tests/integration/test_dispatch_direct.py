@@ -13,11 +13,10 @@ from typing import Any
 import orjson
 import pytest_asyncio
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from qlara_events.domain.status import DeliveryStatus
 
-from support.live import uid, wait_until
+from support.live import committed_offsets, uid, wait_until
 from support.receiver import Receiver, start_receiver
 from support.settings import new_account
 
@@ -67,14 +66,8 @@ async def register(http, server, account, url: str) -> dict[str, Any]:
 
 async def committed(settings, partition: int) -> int:
     """The dispatcher group's committed offset on ``partition`` of the status-changes topic (-1: none)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(settings.consumer_group_dispatcher)
-    finally:
-        await admin.close()
-    meta = offsets.get(TopicPartition(settings.topics.status_changes, partition))
-    return -1 if meta is None else int(meta.offset)
+    offsets = await committed_offsets(settings, settings.consumer_group_dispatcher)
+    return offsets.get(TopicPartition(settings.topics.status_changes, partition), -1)
 
 
 class TestSpill:
