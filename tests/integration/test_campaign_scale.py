@@ -29,10 +29,11 @@ from support.settings import new_account
 
 P = "/partner-gateway/v1"
 N = 200_000
-#: Peak-RSS growth allowed to the serving process. Measured: about 9 MiB whether the campaign has 10,000 or
-#: 1,000,000 recipients (benchmarks/campaign_confirm.py); holding 200,000 recipients costs several times this
-#: (the test measures it and prints both).
-BOUND_MIB = 40.0
+#: The growth allowed is a third of what holding the recipients and their send requests allocates (measured
+#: by the test: 261 MiB for 200,000), so a runner that held them fails by 3x; the growth measured is about
+#: 9 MiB whatever the campaign's size (benchmarks/campaign_confirm.py), ten times under the bound. (A fixed
+#: 40 MiB bound was only 4.6x over the 8.7 MiB measured.)
+HOLD_FRACTION = 3
 PHONE_PREFIX = "+44791"
 
 
@@ -157,7 +158,7 @@ class TestCampaignScale:
         assert {r["destination"] for r in records} == {f"{PHONE_PREFIX}{i:07d}" for i in range(1, N + 1)}
         assert {r["campaignId"] for r in records} == {str(cid)}
         assert all(r["text"] == f"Hello Name{int(r['destination'][-7:])}" for r in records)
-        assert growth_mib < min(BOUND_MIB, hold_mib / 3), (
+        assert growth_mib < hold_mib / HOLD_FRACTION, (
             f"peak RSS grew {growth_mib:.1f} MiB; holding the recipients costs {hold_mib:.0f} MiB")
 
 

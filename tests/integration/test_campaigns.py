@@ -263,6 +263,29 @@ class TestCampaignRules:
                              ("POST", f"{C}/{cid}/calculateGoal")):
             assert (await call(http, server, method, path, other_account))[0] == 404, path
 
+    async def test_other_account_cannot_edit_price_or_confirm(self, http: aiohttp.ClientSession,
+                                                            server: LiveServer, db: asyncpg.Pool, account: Account,
+                                                            other_account: Account) -> None:
+        """PUT, price and confirm of another account's campaign are 404 and change nothing: neither the
+        campaign nor either account's credit; its owner can still price and confirm it."""
+        list_id = await contacts_list(db, account, 3)
+        await db.execute("update accounts set credit = 50 where account_id = any($1::text[])",
+                         [account.id, other_account.id])
+        _, camp = await call(http, server, "POST", C, account, draft(list_id, readyToSend=True))
+        cid = camp["id"]
+        assert (await call(http, server, "POST", f"{C}/{cid}/calculateGoal", account))[0] == 200
+        _, before = await call(http, server, "GET", f"{C}/{cid}", account)
+        for method, path, body in (("PUT", f"{C}/{cid}", {"name": "taken over", "smsBody": "x"}),
+                                   ("GET", f"{C}/{cid}/price", None), ("PUT", f"{C}/{cid}/confirm", None)):
+            status, error = await call(http, server, method, path, other_account, body)
+            assert status == 404 and error["status"] == 404, (method, path, status, error)
+        assert (await call(http, server, "GET", f"{C}/{cid}", account))[1] == before
+        credits = await db.fetch("select account_id, credit from accounts where account_id = any($1::text[])",
+                                 [account.id, other_account.id])
+        assert {r["account_id"]: r["credit"] for r in credits} == {account.id: 50, other_account.id: 50}
+        assert (await call(http, server, "GET", f"{C}/{cid}/price", account))[0] == 200
+        assert (await call(http, server, "PUT", f"{C}/{cid}/confirm", account))[0] == 202
+
     async def test_draft_lifecycle_and_list(self, http: aiohttp.ClientSession, server: LiveServer, db: asyncpg.Pool,
                                             account: Account) -> None:
         """A draft can be edited, listed and deleted (204); unknown lists are refused at calculateGoal."""

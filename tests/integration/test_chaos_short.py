@@ -21,6 +21,8 @@ import pytest
 import pytest_asyncio
 
 ROOT = Path(__file__).resolve().parents[2]
+#: deploy/local/cluster.sh with QLARA_CLUSTER_BASE_PORT=19292: node N listens on 19292 + 2(N-1).
+BROKER_PORTS = (19292, 19294, 19296)
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -84,10 +86,16 @@ class TestChaosShort:
         assert s["accounting"]["status_counts"].get("DELIVERED", 0) >= s["accounting"]["webhooks_expected"] > 0
 
     async def test_cluster_torn_down(self, chaos_results: dict[str, Any]) -> None:
-        """The harness stopped its own brokers afterwards (the shared broker is not one of them)."""
-        env = {**os.environ, "QLARA_CLUSTER_NAME": "chaos-short", "QLARA_CLUSTER_BASE_PORT": "19292"}
-        proc = await asyncio.create_subprocess_exec(str(ROOT / "deploy" / "local" / "cluster.sh"), "status",
-                                                    env=env, stdout=asyncio.subprocess.DEVNULL,
-                                                    stderr=asyncio.subprocess.DEVNULL)
-        assert await proc.wait() != 0
+        """The harness stopped all three of its own brokers afterwards (the shared broker is not one of them)."""
         assert chaos_results["short"] is True
+        for node, port in zip((1, 2, 3), BROKER_PORTS, strict=True):
+            # kafka.sh status exits 0 while the node's recorded process is alive; one node each, so a
+            # teardown that stops only some of them fails here (cluster.sh status fails when any one is down).
+            proc = await asyncio.create_subprocess_exec(str(ROOT / "deploy" / "local" / "kafka.sh"), "status",
+                                                        f"chaos-short-{node}", stdout=asyncio.subprocess.DEVNULL,
+                                                        stderr=asyncio.subprocess.DEVNULL)
+            assert await proc.wait() != 0, f"broker chaos-short-{node} still runs"
+            with pytest.raises(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                raise AssertionError(f"something still listens on broker port {port}")

@@ -153,19 +153,30 @@ class TestExports:
         async with http.get(f"{server.url}{P}/exports/{exhausted}", headers=account.headers) as r:
             assert r.status == 409
 
-    async def test_delivery_reports_by_campaign(self, http, server, db, account) -> None:
-        """A campaign's delivery-report export holds its receipts only."""
-        ids = await seed(db, account, 4, campaign="camp-dr")
+    async def test_delivery_reports_by_campaign(self, http, server, db, account, other_account) -> None:
+        """A campaign's delivery-report export holds its receipts only: not another campaign's, not those of
+        messages without a campaign, not another account's campaign of the same id."""
+        campaign = uid("camp-dr-")
+        ids = await seed(db, account, 4, campaign=campaign)
+        others = [*await seed(db, account, 3, campaign=uid("camp-other-")), *await seed(db, account, 2),
+                  *await seed(db, other_account, 2, campaign=campaign)]
         await db.execute(
             "insert into message_events (event_id, type, message_id, status, raw_status, effect, via, occurred_at,"
             " received_at, payload, provider) select 'ev-' || m, 'message.status', m, 'DELIVERED', 'delivered',"
-            " 'applied', 'twilio', now(), now(), '{}'::jsonb, 'twilio' from unnest($1::text[]) as m", ids)
-        async with http.post(f"{server.url}{P}/exports/delivery-reports", json={"campaignId": "camp-dr"},
+            " 'applied', 'twilio', now(), now(), '{}'::jsonb, 'twilio' from unnest($1::text[]) as m", ids + others)
+        async with http.post(f"{server.url}{P}/exports/delivery-reports", json={"campaignId": campaign},
                              headers=account.headers) as r:
             assert r.status == 202
             job = await r.json()
         done = await finished(http, server.url, account, job["id"])
-        assert done["rowCount"] == 4
+        assert done["status"] == "COMPLETED" and done["rowCount"] == 4
+        async with http.get(f"{server.url}{P}/exports/{job['id']}", headers=account.headers) as r:
+            link = await r.json()
+        async with http.get(link["url"].replace(server.settings.base_url, server.url)) as r:
+            assert r.status == 200
+            rows = list(csv.DictReader(io.StringIO(await r.text())))
+        assert sorted(row["messageId"] for row in rows) == sorted(ids)
+        assert {row["campaignId"] for row in rows} == {campaign}
 
     @pytest.mark.parametrize(("path", "body"), [
         ("/messages/history/export", {}), ("/messages/history/export", {"startDateTime": "2026-03-01"}),

@@ -115,7 +115,8 @@ class TestUpload:
         finally:
             tracemalloc.stop()
         assert status == 413 and "5242880" in result["message"]
-        assert peak < 10 * 1024 * 1024, f"peak traced memory {peak} bytes: the upload was buffered"
+        # 1.5 MiB measured; the bound is ten times that and a third of the 50 MB a buffered body would hold.
+        assert peak < 16 * 1024 * 1024, f"peak traced memory {peak} bytes: the upload was buffered"
         assert {p.name for p in storage.rglob("*") if p.is_file()} <= before, "a partial file was left behind"
         print(f"413 after the client generated {sent / 2**20:.1f} MiB; peak traced memory {peak / 2**20:.1f} MiB")
 

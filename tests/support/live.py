@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 import aiohttp
 import orjson
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from qlara_events.config import Settings
 from qlara_events.standard_webhooks import secret_key, signature_header
@@ -137,6 +138,79 @@ async def wait_until(probe: Callable[[], Awaitable[T | None]], *, timeout: float
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(delay)
         delay = min(delay * 1.5, 0.25)
+
+
+async def read_topic_to_end(settings: Settings, topic: str, match: Callable[[dict[str, Any]], bool], *,
+                            timeout: float = 30.0) -> list[dict[str, Any]]:
+    """Every record of ``topic`` up to its end offsets as of this call whose JSON value matches.
+
+    Unlike :func:`read_topic` it does not stop at the first match, so it can show a record is absent.
+    """
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    found: list[dict[str, Any]] = []
+    try:
+        # Without a group every partition of the topic is assigned once its metadata arrived.
+        partitions = await wait_until(lambda: _assigned(consumer), timeout=timeout, what=f"{topic}'s partitions")
+        ends = await consumer.end_offsets(partitions)
+        deadline = time.monotonic() + timeout
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s reading {topic} to its end offsets {ends}")
+            batch = await consumer.getmany(*partitions, timeout_ms=200)
+            for tp, recs in batch.items():
+                for r in recs:
+                    try:
+                        value = orjson.loads(r.value)
+                    except orjson.JSONDecodeError:  # poison records other tests produce match nothing
+                        continue
+                    if r.offset < ends[tp] and isinstance(value, dict) and match(value):
+                        found.append(value)
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, int]:
+    """The end offset of every partition of ``topic`` now."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = await wait_until(lambda: _assigned(consumer), what=f"{topic}'s partitions")
+        return dict(await consumer.end_offsets(partitions))
+    finally:
+        await consumer.stop()
+
+
+async def wait_projected(settings: Settings, *, timeout: float = 30.0) -> None:
+    """Await until the projector group committed every delivery event published before this call.
+
+    The projector commits a batch's offsets only after its transaction, so everything published so far is
+    in Postgres afterwards (whichever partition its key chose).
+    """
+    ends = await end_offsets(settings, settings.topics.delivery_events)
+
+    async def caught_up() -> bool:
+        committed = await committed_offsets(settings, settings.consumer_group_projector)
+        return all(end == 0 or committed.get(tp, -1) >= end for tp, end in ends.items())
+
+    await wait_until(caught_up, timeout=timeout, what=f"the projector to commit up to {ends}")
+
+
+async def committed_offsets(settings: Settings, group: str) -> dict[TopicPartition, int]:
+    """The offsets ``group`` has committed, by partition (partitions it never committed are absent)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        return {tp: int(meta.offset) for tp, meta in (await admin.list_consumer_group_offsets(group)).items()}
+    finally:
+        await admin.close()
+
+
+async def _assigned(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+    return sorted(consumer.assignment())
 
 
 async def read_topic(settings: Settings, topic: str, match: Callable[[dict[str, Any]], bool], *,

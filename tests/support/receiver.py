@@ -34,6 +34,8 @@ class Receiver:
         self.arrived = asyncio.Condition()
         self.url = ""
         self.hang_release = asyncio.Event()
+        #: The connections of the ``hang`` requests, per token, to tell whether the client gave up on them.
+        self.hanging: dict[str, list[asyncio.BaseTransport]] = defaultdict(list)
 
     def endpoint(self, behaviour: str, token: str) -> str:
         return f"{self.url}/{behaviour}/{token}"
@@ -63,6 +65,8 @@ class Receiver:
         if behaviour == "redirect":
             raise web.HTTPFound(location=f"{self.url}/ok/{request.match_info['token']}-redirected")
         if behaviour == "hang":
+            assert request.transport is not None
+            self.hanging[request.match_info["token"]].append(request.transport)
             await self.hang_release.wait()
             return web.Response(status=200)
         if behaviour == "reset":
@@ -74,6 +78,10 @@ class Receiver:
                 return web.Response(status=200)
             return web.Response(status=429, headers={"Retry-After": "2"})
         return web.Response(status=404)
+
+    def hanging_closed(self, token: str) -> int:
+        """How many of ``token``'s hanging requests the client has closed (timed out) so far."""
+        return sum(t.is_closing() for t in self.hanging[token])
 
     async def wait_for(self, token: str, count: int, timeout: float = 30.0) -> list[Received]:
         """Await until ``count`` requests arrived for ``token``."""
