@@ -200,9 +200,10 @@ def _upload(summary: str, op_id: str, file_pattern: str, extra: dict[str, Any]) 
                 "listId": {**_ID, "description": "Also add the imported contacts to this list"},
                 **extra}}}}},
         "parameters": [{
-            "name": "Prefer", "in": "header", "schema": {"type": "string", "maxLength": 200},
+            "name": "Prefer", "in": "header", "schema": {"type": "string"},
             "description": "`respond-async` (RFC 7240): store the file and answer 202 at once with an import job "
-                           "to poll at Location; without it the import runs before the answer (200)"}],
+                           "to poll at Location; without it the import runs before the answer (200). Other "
+                           "preferences are ignored"}],
         "responses": {
             "200": _ok(_ref("ContactImport"), "File parsed successfully: counts, per-row errors, preview"),
             "202": {**_ok(_ref("ContactImportJobQueued"), "Prefer: respond-async: the file is stored and the "
