@@ -170,6 +170,13 @@ class Settings:
     #: and how many of them one account may hold; past either, 503 / 429 with Retry-After.
     import_pool_max: int = 2
     import_max_per_account: int = 1
+    #: Asynchronous imports (Prefer: respond-async): jobs one api process runs at once (0: it only queues them),
+    #: jobs one account may have queued or running (429 beyond), how long a worker's lease lasts without
+    #: renewal (a dead worker's job is resumed after it), and how long an ended job stays readable.
+    import_workers: int = 1
+    import_max_pending_per_account: int = 5
+    import_lease_s: float = 60.0
+    import_job_retention_s: int = 24 * 3600
     #: Campaign pricing per message (per SMS part) in ``currency``, and how long a campaign may stay SENDING.
     prices: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_PRICES))
     currency: str = "EUR"
@@ -279,6 +286,10 @@ class Settings:
             import_xls_max_bytes=_int(e, "QLARA_IMPORT_XLS_MAX_BYTES", 32 * 1024 * 1024, 1024, 2**40),
             import_pool_max=_int(e, "QLARA_IMPORT_POOL_MAX", 2, 1, 1000),
             import_max_per_account=_int(e, "QLARA_IMPORT_MAX_PER_ACCOUNT", 1, 1, 1000),
+            import_workers=_int(e, "QLARA_IMPORT_WORKERS", 1, 0, 1000),
+            import_max_pending_per_account=_int(e, "QLARA_IMPORT_MAX_PENDING_PER_ACCOUNT", 5, 1, 10_000),
+            import_lease_s=_float(e, "QLARA_IMPORT_LEASE", 60.0, 1.0, 3600.0),
+            import_job_retention_s=_int(e, "QLARA_IMPORT_JOB_RETENTION", 24 * 3600, 60, 30 * 24 * 3600),
             prices=_prices(e, "QLARA_PRICES"),
             currency=(opt("QLARA_CURRENCY") or "EUR").upper(),
             campaign_deadline_s=_int(e, "QLARA_CAMPAIGN_DEADLINE", 72 * 3600, 1, 30 * 24 * 3600),

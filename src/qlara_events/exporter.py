@@ -15,7 +15,7 @@ from typing import Any, Final
 import asyncpg
 
 from qlara_events.config import Settings
-from qlara_events.jobs import claim_loop
+from qlara_events.jobs import Worker, claim_loop
 from qlara_events.logs import get_logger
 from qlara_events.storage import BlobStore, new_key
 from qlara_events.store import exports as store
@@ -38,15 +38,14 @@ def _query(kind: str, account_id: str, params: dict[str, Any]) -> tuple[str, tup
     raise ValueError(f"export kind {kind} is not supported by this server")
 
 
-class Exporter:
+class Exporter(Worker):
     """Runs export jobs one at a time per process (each is one long COPY)."""
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool, blobs: BlobStore) -> None:
+        super().__init__()
         self._s = settings
         self._pool = pool
         self._blobs = blobs
-        self._stopping = asyncio.Event()
-        self.wake = asyncio.Event()
 
     async def run(self) -> None:
         """Process jobs until :meth:`stop`."""
@@ -56,11 +55,6 @@ class Exporter:
         for key in await store.expire(self._pool):
             await self._blobs.delete(key)
         return await store.claim(self._pool, LEASE_S, MAX_ATTEMPTS)
-
-    def stop(self) -> None:
-        """Stop after the current job (a job cut short is resumed by the lease)."""
-        self._stopping.set()
-        self.wake.set()
 
     async def _run(self, job: asyncpg.Record) -> None:
         export_id = job["export_id"]

@@ -35,3 +35,16 @@ async def claim_loop(stopping: asyncio.Event, wake: asyncio.Event, claim: Callab
             await asyncio.wait_for(wake.wait(), poll_s)
         except TimeoutError:
             pass
+
+
+class Worker:
+    """A worker driven by :func:`claim_loop`: ``wake`` skips its poll delay, :meth:`stop` ends it."""
+
+    def __init__(self) -> None:
+        self._stopping = asyncio.Event()
+        self.wake = asyncio.Event()
+
+    def stop(self) -> None:
+        """Stop after the current job (a job cut short is resumed through its lease)."""
+        self._stopping.set()
+        self.wake.set()

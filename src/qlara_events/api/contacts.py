@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import datetime as dt
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -19,21 +17,21 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from qlara_events.api import params
 from qlara_events.api.auth import PREFIX, get_pool, principal
+from qlara_events.api.shared import STORE
 from qlara_events.config import Settings
-from qlara_events.contacts import fields, phones, readers, vcard
-from qlara_events.contacts.importer import Import
-from qlara_events.contacts.rows import Columns, ImportRow
-from qlara_events.errors import BadRequest, Conflict, ImportsBusy, NotFound, Overloaded, PayloadTooLarge
+from qlara_events.contacts import fields, phones, readers
+from qlara_events.errors import BadRequest, Conflict, ImportsBusy, NotFound, PayloadTooLarge
 from qlara_events.http import json_object, json_response, text_part
+from qlara_events.import_jobs import IMPORT_RETRY_AFTER, VCARD, ImportSlots, ImportSpec, ImportWorker, run_import
+from qlara_events.storage import BlobStore, new_key
 from qlara_events.store import contacts as store
+from qlara_events.store import imports as import_jobs
 from qlara_events.store.db import create_pool
 
 BASE: Final = f"{PREFIX}/contacts"
 LISTS: Final = f"{BASE}/list"
 MAX_ID: Final = 2**63 - 1
 MAX_PAGE: Final = 10_000_000
-#: Upsert batch size: one bulk statement per this many rows.
-BATCH: Final = 1000
 MAX_UPLOAD: Final = 256 * 1024 * 1024
 CHUNK: Final = 256 * 1024
 MAX_FIELD: Final = 1000
@@ -45,65 +43,15 @@ MAX_IDS: Final = 10_000
 MAX_CUSTOM: Final = 50
 MAX_CUSTOM_KEY: Final = 64
 MAX_CUSTOM_NUMBER: Final = 1e15
-VCARD_COLUMNS: Final = Columns({"phoneNumber": 0, "email": 1, "firstName": 2, "lastName": 3, "fullName": 4})
 LIMITS: Final = web.AppKey("import_limits", readers.Limits)
-#: Seconds a refused import is told to wait: imports last seconds to minutes.
-IMPORT_RETRY_AFTER: Final = 10
 
 
 def _limits(request: web.Request) -> readers.Limits:
     return request.app[LIMITS]
 
 
-class ImportSlots:
-    """The imports this process runs: a Postgres pool of their own, and who holds its connections.
-
-    An import holds its connection (one transaction) for as long as it parses, minutes for a large file; on
-    the API's pool, a few imports would leave every other request of every account waiting. Here they can only
-    take the ``size`` connections of their own pool; one more is refused at once (503) rather than queued
-    with its upload in a temporary file, and one account may hold ``per_account`` of them (429).
-    """
-
-    def __init__(self, size: int, per_account: int) -> None:
-        self.size = size
-        self.per_account = per_account
-        self.running: collections.Counter[str] = collections.Counter()
-        self._pool: asyncpg.Pool | None = None
-
-    @property
-    def pool(self) -> asyncpg.Pool:
-        """The imports' pool (``size`` connections), open while the application runs."""
-        assert self._pool is not None, "the import pool opens with the application"
-        return self._pool
-
-    async def open(self, settings: Settings) -> None:
-        """Open the pool (no connection until the first import)."""
-        self._pool = await create_pool(settings, min_size=0, max_size=self.size)
-
-    async def close(self) -> None:
-        """Close the pool."""
-        if self._pool is not None:
-            await self._pool.close()
-
-    @contextlib.contextmanager
-    def slot(self, account_id: str) -> Iterator[None]:
-        """Hold one of the slots for ``account_id`` over the block, or refuse at once."""
-        if self.running[account_id] >= self.per_account:
-            raise ImportsBusy(f"this account already runs {self.per_account} import(s) here; retry once it has "
-                              "finished", retry_after=IMPORT_RETRY_AFTER)
-        if sum(self.running.values()) >= self.size:
-            raise Overloaded(f"{self.size} imports are already running; retry later",
-                             retry_after=IMPORT_RETRY_AFTER)
-        self.running[account_id] += 1
-        try:
-            yield
-        finally:
-            self.running[account_id] -= 1
-            if not self.running[account_id]:
-                del self.running[account_id]
-
-
 IMPORTS: Final = web.AppKey("import_slots", ImportSlots)
+IMPORT_WORKER: Final = web.AppKey("import_worker", ImportWorker)
 
 
 def _ts(v: dt.datetime) -> str:
@@ -349,12 +297,16 @@ async def delete_contacts(request: web.Request) -> web.Response:
 # -- imports ---------------------------------------------------------------------------------------------------
 
 class _Form:
-    """The parts of an import request: the file (streamed to a temporary file) and the small text fields."""
+    """The parts of an import request: the file (streamed to a temporary file, or for a job to the blob store)
+    and the small text fields."""
 
-    def __init__(self) -> None:
+    def __init__(self, blobs: BlobStore | None = None) -> None:
         self.path: Path | None = None
         self.size = 0
         self.fields: dict[str, str] = {}
+        self._blobs = blobs
+        #: The file's blob key (with ``blobs``); None once a job has taken it over.
+        self.key: str | None = None
 
     async def read(self, request: web.Request, text_fields: tuple[str, ...]) -> None:
         if not request.content_type.startswith("multipart/"):
@@ -375,18 +327,30 @@ class _Form:
         if self.path is None:
             raise BadRequest("the 'file' part is required")
 
+    async def _chunks(self, part: BodyPartReader) -> AsyncIterator[bytes]:
+        while chunk := await part.read_chunk(CHUNK):
+            self.size += len(chunk)
+            if self.size > MAX_UPLOAD:
+                raise PayloadTooLarge(f"imports are limited to {MAX_UPLOAD} bytes")
+            yield chunk
+
     async def _save(self, part: BodyPartReader) -> None:
+        if self._blobs is not None:
+            self.key = new_key("imp")
+            await self._blobs.write(self.key, self._chunks(part))  # streamed: never whole in memory
+            self.path = self._blobs.path(self.key)
+            return
         fd, name = tempfile.mkstemp(prefix="qlara-import-")
         self.path = Path(name)
         with os.fdopen(fd, "wb") as f:
-            while chunk := await part.read_chunk(CHUNK):
-                self.size += len(chunk)
-                if self.size > MAX_UPLOAD:
-                    raise PayloadTooLarge(f"imports are limited to {MAX_UPLOAD} bytes")
+            async for chunk in self._chunks(part):
                 f.write(chunk)
 
-    def cleanup(self) -> None:
-        if self.path is not None:
+    async def cleanup(self) -> None:
+        if self._blobs is not None:
+            if self.key is not None:
+                await self._blobs.delete(self.key)
+        elif self.path is not None:
             self.path.unlink(missing_ok=True)
 
     def file_name(self) -> str:
@@ -416,103 +380,107 @@ class _Form:
         found = self.number("limit", 0, 1000)
         return 10 if found is None else found
 
+    def spec(self, file_name: str, fmt: str, *, header: bool | None) -> ImportSpec:
+        return ImportSpec(file_name, fmt, header, self.preview(), self.number("listId", 1, MAX_ID))
 
-async def _run_import(request: web.Request, form: _Form, imp: Import, *, file_name: str, fmt: str) -> web.Response:
-    """Drive ``imp`` in a worker thread, upserting each batch in one transaction on the imports' own pool."""
+
+def respond_async(request: web.Request) -> bool:
+    """Whether the request asks for an asynchronous answer: ``Prefer: respond-async`` (RFC 7240 §4.1).
+
+    Preferences are comma-separated, may carry parameters after ``;`` or a value after ``=``, and their names
+    are case-insensitive; any other preference is ignored, as the RFC asks.
+    """
+    return any(item.split(";", 1)[0].split("=", 1)[0].strip().lower() == "respond-async"
+               for header in request.headers.getall("Prefer", ()) for item in header.split(","))
+
+
+def _form(request: web.Request) -> _Form:
+    """A form whose file goes to the blob store when the import will be a job."""
+    return _Form(request.app[STORE] if respond_async(request) else None)
+
+
+def import_job_json(r: asyncpg.Record) -> dict[str, Any]:
+    """An import job as GET /contacts/upload/{importId} shows it."""
+    status = r["status"]
+    if status == "PENDING" and r["lease_until"] is not None and r["lease_until"] > dt.datetime.now(dt.UTC):
+        status = "RUNNING"  # leased to a worker; an expired lease is a PENDING job another worker will resume
+    return {"importId": r["import_id"], "status": status, "fileName": r["file_name"],
+            "createdAt": _ts(r["created_at"]), "startedAt": _ts_or_none(r["started_at"]),
+            "completedAt": _ts_or_none(r["completed_at"]), "result": r["result"], "error": r["error"]}
+
+
+def _ts_or_none(v: dt.datetime | None) -> str | None:
+    return None if v is None else _ts(v)
+
+
+async def _queue(request: web.Request, form: _Form, spec: ImportSpec) -> web.Response:
+    """Queue the stored file as an import job → 202 with its id and where to poll it."""
+    assert form.key is not None
+    worker = request.app[IMPORT_WORKER]
+    async with get_pool(request.app).acquire() as conn:
+        row = await import_jobs.create(conn, principal(request).account_id, spec.file_name, spec.params(),
+                                       form.key, worker.max_pending)
+    if row is None:
+        raise ImportsBusy(f"the account already has {worker.max_pending} imports queued or running; retry once "
+                          f"one has finished (GET {BASE}/upload/{{importId}})", retry_after=IMPORT_RETRY_AFTER)
+    form.key = None  # the job owns the file now
+    worker.wake.set()
+    location = f"{BASE}/upload/{row['import_id']}"
+    return json_response({"importId": row["import_id"], "status": "PENDING", "fileName": row["file_name"],
+                          "createdAt": _ts(row["created_at"])}, status=202,
+                         headers={"Location": location, "Preference-Applied": "respond-async"})
+
+
+async def _start(request: web.Request, form: _Form, spec: ImportSpec) -> web.Response:
+    """Run the import now (200 with the report), or queue it as a job (202) when the form was stored for one."""
     account_id = principal(request).account_id
-    list_id = form.number("listId", 1, MAX_ID)
-    if list_id is not None and not await store.list_exists(get_pool(request.app), account_id, list_id):
+    if spec.list_id is not None and not await store.list_exists(get_pool(request.app), account_id, spec.list_id):
         raise NotFound("no such contact list in this account (listId)")
+    if form.key is not None:
+        return await _queue(request, form, spec)
+    assert form.path is not None
     imports = request.app[IMPORTS]
     with imports.slot(account_id):
-        return await _import(imports.pool, account_id, list_id, imp, file_name=file_name, fmt=fmt)
-
-
-async def _import(pool: asyncpg.Pool, account_id: str, list_id: int | None, imp: Import, *, file_name: str,
-                  fmt: str) -> web.Response:
-    batches: Iterator[list[ImportRow]] = imp.batches(BATCH)
-    created = updated = 0
-
-    def parse_next() -> list[ImportRow] | None:
-        return next(batches, None)
-
-    # Parsing (CPU: CSV, libphonenumber) runs in a thread and overlaps the previous batch's statement; the
-    # whole import is one transaction, so a file found corrupt half-way leaves nothing behind.
-    pending = asyncio.ensure_future(asyncio.to_thread(parse_next))
-    try:
-        async with pool.acquire() as conn, conn.transaction():
-            while (batch := await pending) is not None:
-                pending = asyncio.ensure_future(asyncio.to_thread(parse_next))
-                ids, new = await store.upsert(conn, account_id, batch)
-                created += new
-                updated += len(ids) - new
-                if list_id is not None:
-                    await store.add_imported(conn, list_id, ids)
-    except (readers.UnreadableFile, vcard.VCardError) as exc:
-        raise BadRequest(f"unsupported or corrupt file: {exc}") from None
-    except readers.LimitExceeded as exc:  # nothing is kept: the transaction rolls back
-        raise PayloadTooLarge(f"file refused: {exc}") from None
-    finally:
-        # Never leave the thread reading a file that is about to be deleted.
-        with contextlib.suppress(Exception):
-            await pending
-    if imp.total == 0 and not imp.has_header:
-        raise BadRequest("unsupported or corrupt file: it has no rows")
-    index = imp.columns.index if imp.columns else {}
-    return json_response({
-        "message": "File parsed successfully", "fileName": file_name, "format": fmt, "mode": "CREATE_UPDATE",
-        "listId": list_id, "header": imp.has_header,
-        "mappedColumns": sorted(index, key=index.__getitem__),
-        "ignoredColumns": list(imp.columns.ignored) if imp.columns else [],
-        "summary": {"total": imp.total, "created": created, "updated": updated, "errors": imp.error_count,
-                    "skipped": imp.skipped},
-        "errors": [{"row": e.row, "reason": e.reason} for e in imp.errors],
-        "errorsTruncated": imp.error_count > len(imp.errors),
-        "preview": imp.preview,
-    })
+        return json_response(await run_import(imports.pool, account_id, spec, form.path, _limits(request)))
 
 
 async def upload_contacts(request: web.Request) -> web.Response:
     """POST /contacts/upload (multipart: file, fileName, removeHead, limit, listId): CSV and other delimited
-    text, XLSX, XLS; CREATE_UPDATE by phone number, per-row errors."""
-    form = _Form()
+    text, XLSX, XLS; CREATE_UPDATE by phone number, per-row errors. ``Prefer: respond-async``: a job (202)."""
+    form = _form(request)
     try:
         await form.read(request, ("fileName", "removeHead", "limit", "listId"))
         file_name = form.file_name()
         fmt = readers.format_for(file_name)
         if fmt is None:
             raise BadRequest("unsupported file type: the fileName must end in .csv, .txt, .tsv, .xlsx, .xlsm or .xls")
-        assert form.path is not None
-        limits = _limits(request)
-        imp = Import(readers.rows(form.path, fmt, file_name, limits), header=form.flag("removeHead"),
-                     preview=form.preview(), max_rows=limits.max_rows)
-        return await _run_import(request, form, imp, file_name=file_name, fmt=fmt)
+        return await _start(request, form, form.spec(file_name, fmt, header=form.flag("removeHead")))
     finally:
-        form.cleanup()
-
-
-def _vcard_rows(path: Path) -> Iterator[list[str]]:
-    encoding = readers.detect_encoding(path)
-    with path.open("r", encoding=encoding, errors="replace") as f:
-        for card in vcard.cards(f):
-            cells = vcard.to_cells(card)
-            yield [cells.get(c, "") for c in ("phoneNumber", "email", "firstName", "lastName", "fullName")]
+        await form.cleanup()
 
 
 async def upload_vcard(request: web.Request) -> web.Response:
-    """POST /contacts/upload/vcard (multipart: file, fileName ending .vcf, listId, limit): FN, N, TEL, EMAIL."""
-    form = _Form()
+    """POST /contacts/upload/vcard (multipart: file, fileName ending .vcf, listId, limit): FN, N, TEL, EMAIL.
+    ``Prefer: respond-async``: a job (202)."""
+    form = _form(request)
     try:
         await form.read(request, ("fileName", "limit", "listId"))
         file_name = form.file_name()
         if not file_name.lower().endswith(".vcf"):
             raise BadRequest("fileName must end in .vcf")
-        assert form.path is not None
-        imp = Import(_vcard_rows(form.path), header=False, columns=VCARD_COLUMNS,
-                     preview=form.preview(), max_rows=_limits(request).max_rows)
-        return await _run_import(request, form, imp, file_name=file_name, fmt="VCARD")
+        return await _start(request, form, form.spec(file_name, VCARD, header=False))
     finally:
-        form.cleanup()
+        await form.cleanup()
+
+
+async def get_import(request: web.Request) -> web.Response:
+    """GET /contacts/upload/{importId}: an import job, with the report once COMPLETED (404: not the account's)."""
+    import_id = _id(request.match_info["importId"])
+    row = None if import_id is None else await import_jobs.get(get_pool(request.app),
+                                                                principal(request).account_id, import_id)
+    if row is None:
+        raise NotFound("no such import in this account")
+    return json_response(import_job_json(row))
 
 
 # -- lists and memberships -------------------------------------------------------------------------------------
@@ -639,21 +607,29 @@ def add_routes(app: web.Application, settings: Settings) -> None:
     """Register the contact and contact-list routes (fixed paths before the {id} ones)."""
     imports = app[IMPORTS] = ImportSlots(settings.import_pool_max, settings.import_max_per_account)
 
-    async def import_pool(_: web.Application) -> AsyncIterator[None]:
-        await imports.open(settings)
-        yield
-        await imports.close()
-
-    app.cleanup_ctx.append(import_pool)
-    app[LIMITS] = readers.Limits(
+    limits = app[LIMITS] = readers.Limits(
         max_rows=settings.import_max_rows, xlsx_max_uncompressed=settings.import_xlsx_max_uncompressed_bytes,
         xlsx_max_part=settings.import_xlsx_max_part_bytes, xlsx_max_ratio=settings.import_xlsx_max_ratio,
         xls_max_bytes=settings.import_xls_max_bytes)
+
+    async def import_pool(a: web.Application) -> AsyncIterator[None]:
+        await imports.open(settings)
+        jobs_pool = await create_pool(settings, min_size=0, max_size=2)  # claims and leases, never an import
+        worker = a[IMPORT_WORKER] = ImportWorker(settings, jobs_pool, imports, a[STORE], limits)
+        task = asyncio.create_task(worker.run(), name="import-worker")
+        yield
+        worker.stop()
+        await asyncio.wait_for(task, 30)
+        await jobs_pool.close()
+        await imports.close()
+
+    app.cleanup_ctx.append(import_pool)
     app.router.add_get(BASE, search_contacts)
     app.router.add_post(BASE, create_contact)
     app.router.add_delete(BASE, delete_contacts)
     app.router.add_post(f"{BASE}/upload", upload_contacts)
     app.router.add_post(f"{BASE}/upload/vcard", upload_vcard)
+    app.router.add_get(f"{BASE}/upload/{{importId}}", get_import)
     app.router.add_post(LISTS, create_list)
     app.router.add_get(LISTS, find_lists)
     app.router.add_delete(LISTS, delete_lists)

@@ -124,6 +124,31 @@ def schemas() -> dict[str, Any]:
                 "preview": {"type": "array", "items": {"type": "object"}},
             },
         },
+        "ContactImportJobQueued": {
+            "type": "object", "required": ["importId", "status", "fileName", "createdAt"],
+            "properties": {"importId": {"type": "integer"}, "status": {"const": "PENDING"},
+                           "fileName": {"type": "string"}, "createdAt": _TS},
+        },
+        "ContactImportJob": {
+            "type": "object",
+            "required": ["importId", "status", "fileName", "createdAt", "startedAt", "completedAt", "result",
+                         "error"],
+            "properties": {
+                "importId": {"type": "integer"},
+                "status": {"enum": ["PENDING", "RUNNING", "COMPLETED", "FAILED"],
+                           "description": "PENDING: queued (or its worker died: another resumes it); RUNNING: a "
+                                          "worker imports it; COMPLETED: see result; FAILED: see error"},
+                "fileName": {"type": "string"}, "createdAt": _TS,
+                "startedAt": {**_TS, "type": ["string", "null"]},
+                "completedAt": {**_TS, "type": ["string", "null"]},
+                "result": {"anyOf": [_ref("ContactImport"), {"type": "null"}],
+                           "description": "COMPLETED: the report the synchronous upload returns, per-row errors "
+                                          "included"},
+                "error": {"anyOf": [_ref("Error"), {"type": "null"}],
+                          "description": "FAILED: the error body the synchronous upload would have returned "
+                                         "(status 400 for a corrupt file, 413 past a limit...)"},
+            },
+        },
     }
 
 
@@ -174,14 +199,25 @@ def _upload(summary: str, op_id: str, file_pattern: str, extra: dict[str, Any]) 
                           "description": "Parsed rows echoed in preview; never caps the import"},
                 "listId": {**_ID, "description": "Also add the imported contacts to this list"},
                 **extra}}}}},
+        "parameters": [{
+            "name": "Prefer", "in": "header", "schema": {"type": "string"},
+            "description": "`respond-async` (RFC 7240): store the file and answer 202 at once with an import job "
+                           "to poll at Location; without it the import runs before the answer (200). Other "
+                           "preferences are ignored"}],
         "responses": {
             "200": _ok(_ref("ContactImport"), "File parsed successfully: counts, per-row errors, preview"),
+            "202": {**_ok(_ref("ContactImportJobQueued"), "Prefer: respond-async: the file is stored and the "
+                          "import queued; poll GET /contacts/upload/{importId} (Location)"),
+                    "headers": {"Location": {"schema": {"type": "string"},
+                                             "description": "The job: /partner-gateway/v1/contacts/upload/{importId}"},
+                                "Preference-Applied": {"schema": {"const": "respond-async"}}}},
             "400": _error("Missing part, bad field, unsupported extension, or a corrupt file"),
             "401": _error("API key missing, invalid or revoked"),
             "404": _error("listId is not a list of the account"),
             "413": _error(f"File over {views.MAX_UPLOAD} bytes, or past an import limit (rows, XLSX expansion, "
                           "XLS size): nothing is kept"),
-            "429": _error("Rate limit exceeded, or the account already runs its share of imports (Retry-After)"),
+            "429": _error("Rate limit exceeded, or the account already runs its share of imports, or (respond-async) "
+                          "has as many import jobs queued or running as it may (Retry-After)"),
             "503": _error("This process already runs as many imports as it has connections for (Retry-After)")},
     }
 
@@ -234,6 +270,13 @@ def paths(p: str) -> dict[str, Any]:
         f"{p}/contacts/upload/vcard": {"post": _upload(
             "Import a vCard file (FN, N, TEL, EMAIL): CREATE_UPDATE matched by phone number",
             "uploadContactsVcard", "\\.[vV][cC][fF]$", {})},
+        f"{p}/contacts/upload/{{importId}}": {"get": {
+            "operationId": "getContactImport", "tags": tag,
+            "summary": "An import job (Prefer: respond-async): its status, and the report once COMPLETED",
+            "parameters": [{"name": "importId", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": _ok(_ref("ContactImportJob")), **auth,
+                          "404": _error("No such import in the account (or it ended longer ago than the "
+                                        "retention)")}}},
         f"{p}/contacts/list": {
             "post": {"operationId": "createContactList", "tags": ltag, "summary": "Create a list",
                      "requestBody": {"required": True, "content": {JSON: {"schema": _ref("ContactListCreate")}}},

@@ -7,6 +7,7 @@ from typing import Any, Final, TypeAlias
 
 import asyncpg
 
+from qlara_events.store import leases
 from qlara_events.store.db import Conn
 
 Db: TypeAlias = "asyncpg.Pool | Conn"
@@ -15,22 +16,15 @@ COLUMNS: Final = ("export_id, kind, params, status, attempts, row_count, size, s
                   " started_at, completed_at, expires_at")
 
 
-#: Queue a job unless the account already has ``$4`` queued or running. The advisory lock (per account, for
-#: the transaction) serialises concurrent requests of one account, so the count cannot be overtaken.
-SQL_CREATE_CAPPED: Final = f"""
-with locked as (select pg_advisory_xact_lock(hashtext('qlara-exports:' || $1)))
-insert into exports (account_id, kind, params)
-select $1, $2, $3 from locked
-where (select count(*) from exports where account_id = $1 and status = 'PENDING') < $4
-returning {COLUMNS}
-"""
+#: Queue a job unless the account already has ``$2`` queued or running.
+SQL_CREATE_CAPPED: Final = leases.create_capped("exports", ("kind", "params"), COLUMNS)
 
 
 async def create(conn: Conn, account_id: str, kind: str, params: dict[str, Any],
                  max_pending: int) -> asyncpg.Record | None:
     """Queue a job; None when the account already has ``max_pending`` jobs queued or running."""
     async with conn.transaction():
-        return await conn.fetchrow(SQL_CREATE_CAPPED, account_id, kind, params, max_pending)
+        return await conn.fetchrow(SQL_CREATE_CAPPED, account_id, max_pending, kind, params)
 
 
 def _visible(n: int) -> str:
@@ -72,31 +66,10 @@ async def regenerate(db: Db, account_id: str, export_id: int, max_pending: int,
         account_id, export_id, max_pending, channels)
 
 
-#: Claim one job: a PENDING one, or one whose worker died (lease expired). Jobs that failed too often end
-#: FAILED in :data:`SQL_GIVE_UP` instead of being retried forever.
-#:
-#: Fair across accounts, not first come first served (one account queueing many large exports must not
-#: starve the others): the oldest job of the account with the fewest jobs running now, and among those the
-#: account whose last job started longest ago (one that never ran first), so accounts take turns.
-SQL_CLAIM: Final = f"""
-update exports set attempts = attempts + 1, lease_until = now() + make_interval(secs => $1),
-       started_at = coalesce(started_at, now())
-where export_id = (
-    select e.export_id from exports e
-    where e.status = 'PENDING' and (e.lease_until is null or e.lease_until < now()) and e.attempts < $2
-    order by (select count(*) from exports r where r.account_id = e.account_id and r.status = 'PENDING'
-                  and r.lease_until >= now()),
-             (select max(r.started_at) from exports r where r.account_id = e.account_id) nulls first,
-             e.created_at
-    limit 1 for update of e skip locked)
-returning {COLUMNS}, account_id
-"""
-
-SQL_GIVE_UP: Final = """
-update exports set status = 'FAILED', error = coalesce(error, 'the export worker stopped repeatedly'),
-       lease_until = null, completed_at = now()
-where status = 'PENDING' and attempts >= $1 and (lease_until is null or lease_until < now())
-"""
+#: Claim one job (fairly across accounts, see leases.claim); jobs that failed too often end FAILED in
+#: :data:`SQL_GIVE_UP` instead of being retried forever.
+SQL_CLAIM: Final = leases.claim("exports", "export_id", f"{COLUMNS}, account_id")
+SQL_GIVE_UP: Final = leases.give_up("exports", "'the export worker stopped repeatedly'")
 
 
 async def claim(db: Db, lease_s: float, max_attempts: int) -> asyncpg.Record | None:
