@@ -11,13 +11,16 @@ from typing import Any
 
 import asyncpg
 import orjson
+import pytest
 import pytest_asyncio
+from aiokafka import AIOKafkaProducer
 
 from qlara_events.config import Settings
+from qlara_events.kafka import ensure_topics
 from qlara_events.projector import outbox
 from qlara_events.store.db import create_pool
 
-from support.live import uid
+from support.live import read_topic, uid
 
 
 class FakeProducer:
@@ -79,3 +82,25 @@ class TestOutbox:
         assert producer.sent == [("t.status", a, a["messageId"].encode())]
         await outbox.forget(own_outbox, acked)
         assert await ids(own_outbox) == [b["id"]]
+
+    async def test_a_row_kafka_refuses_does_not_hold_back_the_rest(self, settings: Settings,
+                                                                   own_outbox: asyncpg.Pool) -> None:
+        """A leftover for a topic that does not exist (deleted since) is postponed; the rows queued after it are
+        produced to the real broker and deleted, and the relay says what it postponed."""
+        await ensure_topics(settings)
+        gone, good = change(uid("m-gone-")), change(uid("m-good-"))
+        await own_outbox.execute(
+            "insert into status_outbox (change_id, topic, payload, created_at)"
+            " values ($1, $2, $3, now() - interval '30 seconds'), ($4, $5, $6, now() - interval '30 seconds')",
+            gone["id"], uid("never-created.") + "status", gone, good["id"], settings.topics.status_changes, good)
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=3000)
+        await producer.start()
+        try:
+            with pytest.raises(outbox.RelayFailed, match="1 outbox rows postponed"):
+                await outbox.relay(own_outbox, producer)
+        finally:
+            await producer.stop()
+        assert await ids(own_outbox) == [gone["id"]]
+        assert await own_outbox.fetchval("select created_at > now() - interval '5 seconds' from status_outbox")
+        found = await read_topic(settings, settings.topics.status_changes, lambda v: v.get("id") == good["id"])
+        assert found == [good]

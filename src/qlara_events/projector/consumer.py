@@ -264,7 +264,7 @@ class Projector:
         assert self._producer is not None
         try:
             await outbox.relay(self._pool, self._producer)
-        except (*TRANSIENT, KafkaError) as exc:
+        except (*TRANSIENT, KafkaError, outbox.RelayFailed) as exc:
             # The rows stay in the outbox; the next attempt (here or in another projector) relays them.
             log.warning("outbox_relay_retry", error=repr(exc))
 

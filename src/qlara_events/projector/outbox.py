@@ -31,6 +31,9 @@ select id, topic, payload from status_outbox where created_at < now() - make_int
 order by id limit $1 for update skip locked
 """
 SQL_DELETE: Final = "delete from status_outbox where id = any($1::bigint[])"
+#: Rows whose produce failed go to the back of the line: they wait ``min_age_s`` again, and the rows behind
+#: them are relayed meanwhile instead of waiting behind one that cannot be produced (a topic that is gone).
+SQL_POSTPONE: Final = "update status_outbox set created_at = now() where id = any($1::bigint[])"
 #: A record queued by another writer than the projector (an inbox reply's send request): same table, same relay.
 SQL_ENQUEUE: Final = "insert into status_outbox (change_id, topic, payload) values ($1, $2, $3)"
 #: Rows another relay holds are left to it (it deletes them after producing).
@@ -67,20 +70,40 @@ async def forget(pool: asyncpg.Pool, change_ids: Sequence[str]) -> None:
 async def relay(pool: asyncpg.Pool, producer: AIOKafkaProducer, *, limit: int = 1000,
                 min_age_s: float = LEFTOVER_AGE_S) -> int:
     """Relay outbox rows older than ``min_age_s`` (each to the topic it was queued for) until none are left;
-    return how many."""
+    return how many were produced.
+
+    Each row stands alone: one that Kafka refuses (its topic deleted, say) is postponed and logged, and never
+    holds back the rows queued after it. The error of the first such row is raised once the others are done,
+    so the caller logs and retries.
+    """
     total = 0
     while True:
         async with pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(SQL_CLAIM, limit, min_age_s)
             if not rows:
                 return total
-            futures = [
-                await producer.send(r["topic"], value=orjson.dumps(r["payload"]),
-                                    key=r["payload"]["messageId"].encode())
-                for r in rows
-            ]
-            await asyncio.gather(*futures)
-            await conn.execute(SQL_DELETE, [r["id"] for r in rows])
-        total += len(rows)
+            outcomes = await asyncio.gather(*(_send(producer, r) for r in rows), return_exceptions=True)
+            done = [r["id"] for r, o in zip(rows, outcomes, strict=True) if o is None]
+            failed = [(r, o) for r, o in zip(rows, outcomes, strict=True) if o is not None]
+            if done:
+                await conn.execute(SQL_DELETE, done)
+            if failed:
+                await conn.execute(SQL_POSTPONE, [r["id"] for r, _ in failed])
+        total += len(done)
+        if failed:
+            first = failed[0][1]
+            raise RelayFailed(f"{len(failed)} outbox rows postponed, first for topic {failed[0][0]['topic']!r}: "
+                              f"{first!r}") from first if isinstance(first, BaseException) else None
         if len(rows) < limit:
             return total
+
+
+class RelayFailed(Exception):
+    """Some outbox rows could not be produced; they were postponed, the others relayed."""
+
+
+async def _send(producer: AIOKafkaProducer, row: asyncpg.Record) -> None:
+    """Produce one outbox row and await its acknowledgement."""
+    payload = row["payload"]
+    fut = await producer.send(row["topic"], value=orjson.dumps(payload), key=payload["messageId"].encode())
+    await fut
