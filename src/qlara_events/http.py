@@ -82,8 +82,8 @@ def _route(request: web.Request) -> str:
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind a request id to every log line of the request, time it and count it."""
-    rid = request.headers.get("X-Request-Id") or os.urandom(16).hex()
-    if len(rid) > 128 or not rid.isascii() or not rid.isprintable():
+    rid = request.headers.get("X-Request-Id", "")
+    if not rid or len(rid) > 128 or not rid.isascii() or not rid.isprintable():
         rid = os.urandom(16).hex()
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=rid)
@@ -194,9 +194,13 @@ def base_app(role: str, *, ops_routes: bool = True) -> web.Application:
     app[READINESS_CHECKS] = []
     app.router.add_get("/healthz", healthz)
     if ops_routes:
-        app.router.add_get("/metrics", metrics_view)
-        app.router.add_get("/readyz", readyz)
+        _add_ops_routes(app)
     return app
+
+
+def _add_ops_routes(app: web.Application) -> None:
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/readyz", readyz)
 
 
 def ops_app(main: web.Application) -> web.Application:
@@ -204,9 +208,8 @@ def ops_app(main: web.Application) -> web.Application:
     app = web.Application(middlewares=[errors_as_json])
     app[ROLE] = main[ROLE]
     app[READINESS_CHECKS] = main[READINESS_CHECKS]  # the same list: checks added later count too
-    app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    _add_ops_routes(app)
     return app
 
 
