@@ -233,7 +233,19 @@ async def account(pool: asyncpg.Pool, *, account_ids: Sequence[str], messages: S
         a.examples["status"] = wrong[:10]
     if a.webhooks_missing:
         a.failures.append(f"{a.webhooks_missing} DELIVERED changes never reached the partner")
-        a.examples["missing_webhooks"] = no_webhook[:10]
+        # Say where each example stands: acknowledged or not, and its delivery rows (state, attempts, error).
+        acked_ids = {m.message_id for m in messages if m.delivered_acked_at is not None}
+        rows = await pool.fetch(
+            "select message_id, event_type, state, attempts, last_status_code, last_error from webhook_deliveries"
+            " where account_id = any($1::text[]) and message_id = any($2::text[])",
+            list(account_ids), no_webhook[:10])
+        found = collections.defaultdict(list)
+        for r in rows:
+            found[r["message_id"]].append(f"{r['event_type']} {r['state']} x{r['attempts']}"
+                                          f" {r['last_status_code']} {r['last_error']}")
+        a.examples["missing_webhooks"] = [
+            f"{mid} ({'acked' if mid in acked_ids else 'not acked'}; deliveries: {found.get(mid) or 'none'})"
+            for mid in no_webhook[:10]]
     if a.duplicates_with_new_id:
         a.failures.append(f"{a.duplicates_with_new_id} duplicate webhooks carried a different webhook-id")
     if lag_projector != 0 or lag_dispatcher != 0:

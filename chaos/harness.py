@@ -248,6 +248,17 @@ class Harness:
             await proc.start()
             log(f"  restarted {name} (it was not ready after the scenario) before the next scenario")
 
+    async def queued(self, account_ids: list[str]) -> int:
+        """Deliveries of these accounts still in the retry schedule or leased to an attempt."""
+        conn = await asyncpg.connect(self.config.database_url)
+        try:
+            n: int = await conn.fetchval(
+                "select count(*) from webhook_deliveries where account_id = any($1::text[])"
+                " and state in ('scheduled', 'in_flight')", account_ids)
+        finally:
+            await conn.close()
+        return n
+
     async def lags(self) -> tuple[int | None, int | None]:
         """Consumer lag of the projector and the dispatcher groups."""
         s = self.settings
@@ -325,7 +336,9 @@ class Harness:
                 sample()
                 if not pending:
                     lags = await self.lags()
-                    if lags == (0, 0):
+                    # Lag 0 means every change is delivered *or durable in the retry schedule*; a receipt
+                    # whose 2xx the generator never saw (it is not in ``pending``) may still be waiting there.
+                    if lags == (0, 0) and not await self.queued(account_ids):
                         marks["settled"] = time.time()
                         break
                 await asyncio.sleep(1.0)
