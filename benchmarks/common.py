@@ -80,6 +80,8 @@ class Context:
             "QLARA_WEBHOOK_ALLOWED_PORTS": "1024-65535",  # the loopback receivers' ephemeral ports
             # BENCH_UVLOOP=true|false runs every role on that loop (A/B runs); unset: the service's default.
             **({"QLARA_UVLOOP": os.environ["BENCH_UVLOOP"]} if os.environ.get("BENCH_UVLOOP") else {}),
+            # BENCH_QLARA_X=v sets QLARA_X=v in every service (A/B runs of one setting).
+            **{k[len("BENCH_"):]: v for k, v in os.environ.items() if k.startswith("BENCH_QLARA_")},
         })
         env.update(extra)
         return env

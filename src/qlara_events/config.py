@@ -119,7 +119,11 @@ class Settings:
     #: ``Retry-After`` (s) of that 503: the cap frees up as soon as the requests in flight are answered.
     ingest_overload_retry_after_s: int = 1
 
-    projector_batch_max: int = 1000
+    projector_batch_max: int = 2000
+    #: Transactions a projector applies at once, each on its own connection for its own partitions of a
+    #: fetched batch: one serial transaction leaves the Python loop idle while Postgres works, and the
+    #: other core idle (benchmarks/README.md, "Projector lanes").
+    projector_lanes: int = 4
     projector_batch_wait_ms: int = 50
     consumer_group_projector: str = "qlara-projector"
 
@@ -250,7 +254,8 @@ class Settings:
             jasmin_token=opt("QLARA_JASMIN_TOKEN"),
             ingest_produce_timeout_s=_float(e, "QLARA_INGEST_PRODUCE_TIMEOUT", 10.0, 0.1, 300.0),
             ingest_max_in_flight=_int(e, "QLARA_INGEST_MAX_IN_FLIGHT", 1000, 1, 1_000_000),
-            projector_batch_max=_int(e, "QLARA_PROJECTOR_BATCH_MAX", 1000, 1, 100_000),
+            projector_batch_max=_int(e, "QLARA_PROJECTOR_BATCH_MAX", 2000, 1, 100_000),
+            projector_lanes=_int(e, "QLARA_PROJECTOR_LANES", 4, 1, 16),
             projector_batch_wait_ms=_int(e, "QLARA_PROJECTOR_BATCH_WAIT_MS", 50, 0, 60_000),
             consumer_group_projector=opt("QLARA_PROJECTOR_GROUP") or "qlara-projector",
             webhook_require_https=_bool(e, "QLARA_WEBHOOK_REQUIRE_HTTPS", True),

@@ -144,7 +144,9 @@ PROJECTOR_SESSION: Final = {"random_page_cost": "1.1"}
 
 
 def _projector_ctx(settings: Settings) -> CleanupCtx:
-    return _loop_ctx("projector", settings, lambda pool: Projector(settings, pool), 4, PROJECTOR_SESSION)
+    # One connection per lane, one for the outbox leftovers and one to spare.
+    return _loop_ctx("projector", settings, lambda pool: Projector(settings, pool), settings.projector_lanes + 2,
+                     PROJECTOR_SESSION)
 
 
 def _dispatcher_ctx(settings: Settings) -> CleanupCtx:

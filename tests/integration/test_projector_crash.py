@@ -33,7 +33,7 @@ from support.live import (
 )
 from support.settings import make_settings, new_account
 
-MESSAGES = 3000  # 6,000 events: enough for dozens of 50-event batches
+MESSAGES = 3000  # 6,000 events: 30 batches of 200, each split over the four lanes
 KILLS = 3
 
 
@@ -44,7 +44,8 @@ def _env(settings: Settings) -> dict[str, str]:
         "QLARA_DATABASE_URL": settings.database_url,
         "QLARA_KAFKA_TOPIC_PREFIX": settings.topics.prefix,
         "QLARA_PROJECTOR_GROUP": settings.consumer_group_projector,
-        "QLARA_PROJECTOR_BATCH_MAX": "50",
+        "QLARA_PROJECTOR_BATCH_MAX": "200",
+        "QLARA_PROJECTOR_LANES": "4",
         "QLARA_HTTP_PORT": "0",
         "QLARA_LOG_LEVEL": "warning",
     }

@@ -1,14 +1,22 @@
-"""The projector loop: read a batch, apply it in one transaction, then commit its offsets.
+"""The projector loop: read a batch, apply it in transactions, then commit its offsets.
 
-Offsets are committed only after the transaction that applied the batch committed, and every write is
+Offsets are committed only after the transactions that applied the batch committed, and every write is
 idempotent, so a crash anywhere replays at most two batches and changes nothing twice. Transient database
-errors (deadlock between two projectors, a restarting Postgres) retry the same batch with backoff; the
-loop never skips a record.
+errors (deadlock between two transactions, a restarting Postgres) retry the same transaction with backoff;
+the loop never skips a record.
 
-The loop is a three-stage pipeline, each stage in order: while batch N is in Postgres, batch N+1 is fetched
-and decoded, and batch N-1's offsets are committed and its transitions produced from memory (see
-projector/outbox.py). Batch N+1's offsets are committed only after batch N's were, and after N+1's own
-transaction.
+A batch is split into lanes by Kafka key (``QLARA_PROJECTOR_LANES``), as the topic is split into partitions:
+a message's submission and receipts share a key, so they stay in order in one lane, and each lane is a
+transaction on a connection of its own. A lane's transaction for batch N+1 starts once its transaction for
+batch N committed, so while one lane waits on Postgres the others work, on both cores. Two lanes that meet
+on one message (a receipt keyed by our message id) serialise on its advisory locks in Postgres, which detects
+any deadlock between them, as between two projector processes. A batch under two lanes' worth is one
+transaction that waits for every lane.
+
+Batches form a pipeline: while batch N is in Postgres, batch N+1 is fetched, decoded and may start in the
+lanes N has finished, and batch N-1's offsets are committed and its transitions produced from memory (see
+projector/outbox.py). At most two batches are in flight; a batch's offsets are committed only after its own
+transactions and after the batch before it.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import collections
 import contextlib
 import datetime as dt
 import time
+import zlib
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
@@ -56,6 +65,12 @@ TRANSIENT = (
     TimeoutError,
 )
 
+
+#: Fewest events worth a lane (a transaction and a connection) of their own.
+MIN_LANE = 100
+
+#: A lane's outcome: what its transaction did, and the events it could not apply (kept as unreadable).
+LaneResult: TypeAlias = "tuple[BatchResult, list[tuple[Record, str]]]"
 
 #: aiokafka is untyped; a record has topic, partition, offset, key, value, headers, timestamp.
 Record: TypeAlias = ConsumerRecord
@@ -116,8 +131,11 @@ class Projector:
             return
         last_leftovers = 0.0
         fetching: asyncio.Task[Fetched] = asyncio.create_task(self._fetch())
-        #: Offsets commit and in-memory relay of the batch applied before the one in hand.
-        after: asyncio.Task[None] | None = None
+        #: The newest batch in flight (its lanes, then its offsets and relay) and the one before it.
+        settling: asyncio.Task[None] | None = None
+        older: asyncio.Task[None] | None = None
+        #: The last transaction started in each lane: a lane's next batch starts when it has committed.
+        tails: list[asyncio.Task[LaneResult] | None] = []
         try:
             while not self._stopping.is_set():
                 batch, records, pairs, bad = await fetching
@@ -125,15 +143,16 @@ class Projector:
                     break  # not applied, not committed: whoever consumes next reads it again
                 fetching = asyncio.create_task(self._fetch())
                 if records:
-                    result = await self._apply(records, pairs, bad)
-                    if after is not None:
-                        await after
-                    after = asyncio.create_task(self._after(batch, result))
+                    if older is not None:
+                        await older  # at most two batches in flight; raises what went wrong with it
+                    lanes, tails = self._start_lanes(pairs, tails)
+                    older, settling = settling, asyncio.create_task(
+                        self._settle(batch, records, lanes, bad, settling))
                     every = 5.0
                 else:
-                    if after is not None:
-                        await after
-                        after = None
+                    if settling is not None:
+                        await settling  # it awaits the one before it
+                        older = settling = None
                     await self._forget()
                     every = 1.0
                 if time.monotonic() - last_leftovers > every:
@@ -144,11 +163,12 @@ class Projector:
             fetching.cancel()
             with contextlib.suppress(asyncio.CancelledError, KafkaError):
                 await fetching
-            if after is not None:
-                # Its error, if any, was raised in the loop already (or is not this shutdown's business).
-                await asyncio.wait([after])
-                if not after.cancelled() and after.exception() is not None:
-                    log.warning("projector_after_batch_failed", error=repr(after.exception()))
+            # The batches in flight finish and commit; an error, if any, was raised in the loop already (or is
+            # not this shutdown's business).
+            for task in {t for t in (*tails, older, settling) if t is not None}:
+                await asyncio.wait([task])
+                if not task.cancelled() and task.exception() is not None:
+                    log.warning("projector_batch_failed_at_stop", error=repr(task.exception()))
             await self._forget()
             await self._consumer.stop()
             await self._producer.stop()
@@ -164,30 +184,48 @@ class Projector:
         pairs, bad = decode(records)
         return batch, records, pairs, bad
 
-    async def _apply(self, records: list[Record], pairs: list[tuple[Record, Incoming]],
-                     bad: list[tuple[Record, str]]) -> BatchResult:
-        good = [inc for _, inc in pairs]
-        structlog.contextvars.bind_contextvars(batch_first_event=good[0].event.id if good else None)
-        relayed, self._relayed = self._relayed, []
-        delay = 0.1
+    def _start_lanes(self, pairs: list[tuple[Record, Incoming]], tails: list[asyncio.Task[LaneResult] | None]
+                     ) -> tuple[list[asyncio.Task[LaneResult]], list[asyncio.Task[LaneResult] | None]]:
+        """Start the batch's transactions, one per lane, each after the same lane's previous one; returns them
+        and the lanes' new tails. A batch too small to split is one transaction that waits for every lane."""
+        n = self._settings.projector_lanes
+        relayed, self._relayed = self._relayed, []  # their outbox rows go with the batch's first transaction
+        if n <= 1 or len(pairs) < 2 * MIN_LANE:
+            one = asyncio.create_task(self._lane([t for t in tails if t is not None], pairs, relayed))
+            return [one], [one] * n
+        started: list[asyncio.Task[LaneResult]] = []
+        new_tails: list[asyncio.Task[LaneResult] | None] = []
+        for i, lane in enumerate(_lanes(pairs, n)):
+            before = tails[i] if tails else None
+            if lane:
+                task = asyncio.create_task(self._lane([before] if before else [], lane, () if started else relayed))
+                started.append(task)
+                before = task
+            new_tails.append(before)
+        return started, new_tails
+
+    async def _lane(self, before: list[asyncio.Task[LaneResult]], pairs: list[tuple[Record, Incoming]],
+                    relayed: Sequence[str]) -> LaneResult:
+        """One lane's share of a batch, once the lane's earlier transactions have committed."""
+        # A task of its own: this binding is its logs' alone.
+        structlog.contextvars.bind_contextvars(batch_first_event=pairs[0][1].event.id if pairs else None)
+        if before:
+            await asyncio.wait(before)
+            if any(t.cancelled() or t.exception() is not None for t in before):
+                self._relayed[:0] = relayed
+                raise RuntimeError("an earlier transaction of this lane failed; its batch is replayed")
+        return await self._apply_lane(pairs, relayed)
+
+    async def _settle(self, batch: Batch, records: list[Record], lanes: list[asyncio.Task[LaneResult]],
+                      bad: list[tuple[Record, str]], previous: asyncio.Task[None] | None) -> None:
+        """Once the batch's transactions committed: keep its unreadable records, count it, then (after the
+        batch before it) commit its offsets and produce its transitions."""
         started = time.perf_counter()
-        while True:
-            try:
-                async with self._pool.acquire() as conn:
-                    result = await apply_batch(conn, good, status_topic=self._settings.topics.status_changes,
-                                               relayed=relayed)
-                break
-            except TRANSIENT as exc:
-                metrics.PROJECTOR_RETRIES.labels(type(exc).__name__).inc()
-                log.warning("batch_retry", error=repr(exc), events=len(good), retry_in_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            except Exception:  # -- a poison event: isolate it instead of stalling the partition forever
-                log.exception("batch_failed_isolating", events=len(good))
-                self._relayed[:0] = relayed  # not deleted: the next batch does it
-                result, poisoned = await self._isolate(pairs)
-                bad = bad + poisoned
-                break
+        result = BatchResult()
+        for part, poisoned in await asyncio.gather(*lanes):
+            result.effects.update(part.effects)
+            result.transitions += part.transitions
+            bad = bad + poisoned
         if bad:
             await self._store_unreadable(bad)
         self.batches += 1
@@ -201,8 +239,28 @@ class Projector:
             metrics.TRANSITIONS.labels(status, channel).inc(n)
         if bad:
             log.error("unreadable_records", count=len(bad), first_error=bad[0][1])
-        structlog.contextvars.unbind_contextvars("batch_first_event")
-        return result
+        if previous is not None:
+            await previous
+        await self._after(batch, result)
+
+    async def _apply_lane(self, pairs: list[tuple[Record, Incoming]], relayed: Sequence[str]) -> LaneResult:
+        """One lane's transaction, retried while the database is unavailable; a poison event is isolated."""
+        good = [inc for _, inc in pairs]
+        delay = 0.1
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    return await apply_batch(conn, good, status_topic=self._settings.topics.status_changes,
+                                             relayed=relayed), []
+            except TRANSIENT as exc:
+                metrics.PROJECTOR_RETRIES.labels(type(exc).__name__).inc()
+                log.warning("batch_retry", error=repr(exc), events=len(good), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except Exception:  # -- a poison event: isolate it instead of stalling the partition forever
+                log.exception("batch_failed_isolating", events=len(good))
+                self._relayed[:0] = relayed  # not deleted: the next batch does it
+                return await self._isolate(pairs)
 
     async def _isolate(self, pairs: list[tuple[Record, Incoming]]) -> tuple[BatchResult, list[tuple[Record, str]]]:
         """Apply events one by one; those that still fail are returned to be kept as unreadable."""
@@ -293,3 +351,13 @@ def _unreadable_columns(bad: list[tuple[Record, str]]) -> list[list[object]]:
         [r.topic for r, _ in bad], [r.partition for r, _ in bad], [r.offset for r, _ in bad],
         [r.key for r, _ in bad], [r.value for r, _ in bad], [e for _, e in bad],
     ]
+
+
+def _lanes(pairs: list[tuple[Record, Incoming]], n: int) -> list[list[tuple[Record, Incoming]]]:
+    """The batch's events in ``n`` lanes by Kafka key, as partitions split the topic: a submission and its
+    receipts share the provider identity as key (domain/events.py), so a message's events keep their order in
+    one lane, batch after batch. (A batch usually comes from one partition: fetches are per partition.)"""
+    lanes: list[list[tuple[Record, Incoming]]] = [[] for _ in range(n)]
+    for pair in pairs:
+        lanes[zlib.crc32(pair[0].key or b"") % n].append(pair)
+    return lanes
