@@ -65,9 +65,11 @@ def setup(app: web.Application, settings: Settings) -> None:
         if settings.key_cache_check_ms:
             a[KEYS] = KeyCache(settings.database_url, check_s=settings.key_cache_check_ms / 1000)
             background.append(asyncio.create_task(a[KEYS].run(), name="api-key-cache"))
-        syncer = None
+        syncer = sync_pool = None
         if settings.rate_limit_sync_ms:
-            a[LIMITER] = LocalLimiter(a[POOL], settings.rate_limit_sync_ms / 1000)
+            # A connection of its own: a sync never queues behind the requests it is there to keep in check.
+            sync_pool = await create_pool(settings, max_size=1)
+            a[LIMITER] = LocalLimiter(sync_pool, settings.rate_limit_sync_ms / 1000)
             syncer = asyncio.create_task(a[LIMITER].run(), name="rate-limit-sync")
         yield
         for task in background:
@@ -77,6 +79,8 @@ def setup(app: web.Application, settings: Settings) -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(syncer, 5)
         await asyncio.gather(*background, return_exceptions=True)
+        if sync_pool is not None:
+            await sync_pool.close()
         await a[POOL].close()
 
     async def db_ready() -> None:

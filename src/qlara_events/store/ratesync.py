@@ -5,15 +5,17 @@ allowed requests counted): what changes is where the count lives. Each process k
 windows as it last read them from ``rate_windows`` plus the requests it allowed since, and decides on their
 sum without waiting for Postgres. Every ``interval_s`` (``QLARA_RATE_LIMIT_SYNC_MS``) one call of
 ``rate_sync()`` (migration 017) adds this process's new counts to the shared windows and reads back the
-windows of every key it served in the last ``TRACK_S``, all keys in one round trip; a process never waits on
-a write. A key with no recent shared windows here (first seen, or idle, or the sync failing) gets them from
-the lookup that resolves the key (store/accounts.py ``authenticate_with_windows``), one read as before.
+windows of every key it served in the last ``TRACK_S``, all keys in one round trip, on a connection of its
+own (api/app.py), so it never queues behind requests; a process never waits on a write. A key with no recent
+shared windows here (first seen, or idle, or the sync failing) gets them from the lookup that resolves the key
+(store/accounts.py ``authenticate_with_windows``), one read as before.
 
 Tolerance: a process does not see what the others allowed since they last synced and it last read, at most
 two sync intervals (plus a round trip) of their traffic. So across N processes a key may exceed its limits by
 at most what the other N - 1 processes allow it in two sync intervals, and never by more than (N - 1) x its
 burst within one second (each process on its own still stops at the burst). With one process the limits are
-exact. Counts are kept through a failed sync and sent with the next one.
+exact. Counts are kept through a failed sync and sent with the next one (one whose answer was lost after it
+committed counts them twice: the error is on the strict side).
 """
 
 from __future__ import annotations
