@@ -196,3 +196,22 @@ class TestRateLimitTolerance:
         await wait_until(flushed, timeout=10, what="A's counts in the shared window")
         assert await _status(http, b, account.key) == 429
         assert int(time.time()) // 60 * 60 == minute, "the requests straddled a minute; the test proves nothing"
+
+
+class TestRateSyncFunction:
+    """Migration 017's rate_sync() moves the shared windows as rate_hit() does, whatever order deltas come in."""
+
+    async def test_late_and_early_deltas(self, db: asyncpg.Pool) -> None:
+        """Process 1 sends second 120; process 2 then sends 121 (the window moves: 120 becomes the previous);
+        a late delta of 120 lands in the previous second, one of 118 in no second but in the previous minute."""
+        key = f"sync-{time.time_ns()}"
+        sql = "select * from rate_sync($1::text[], $2::bigint[], $3::int[], $4::text[])"
+        await db.fetch(sql, [key, key], [120, 120], [2, 1], [])  # -- two deltas of one second add up
+        await db.fetch(sql, [key], [121], [5], [])
+        (row,) = await db.fetch(sql, [key, key], [120, 118], [4, 9], [key])
+        assert (row["s_start"], row["s_prev"], row["s_count"]) == (121, 7, 5)
+        assert (row["m_start"], row["m_prev"], row["m_count"]) == (120, 9, 12)
+        (row,) = await db.fetch(sql, [key], [185], [1], [key])  # -- the next minute: this one becomes the previous
+        assert (row["s_start"], row["s_prev"], row["s_count"], row["m_start"], row["m_prev"], row["m_count"]) == \
+            (185, 0, 1, 180, 12, 1)
+        assert await db.fetch(sql, [], [], [], ["no-such-key"]) == []
