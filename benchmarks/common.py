@@ -26,12 +26,13 @@ LOCAL_BIN = ROOT / ".local" / "bin"
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:55432/postgres"
-DATABASE = "qlara_bench"
+#: ``BENCH_DATABASE`` runs the bench on a database of its own (a smoke run beside someone else's bench).
+DATABASE = os.environ.get("BENCH_DATABASE", "qlara_bench")
 KAFKA = "127.0.0.1:9092"
 #: Ports of servers the bench starts (loopback only), one per purpose so nothing collides within a run.
 PORTS = {
     "ingress": 18080, "baseline_http": 18081, "projector": 18082, "dispatcher": 18083, "api": 18084,
-    "receiver": 18090,
+    "baseline_status": 18085, "receiver": 18090,
 }
 INGEST_SECRET = "whsec_YmVuY2gtaW5nZXN0LXNlY3JldC1xbGFyYS1ldmVudHMtMDE="
 TWILIO_TOKEN = "bench-twilio-auth-token"

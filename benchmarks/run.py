@@ -31,6 +31,7 @@ from benchmarks import (
     ingest_single,
     projector_drain,
     results,
+    status_poll,
     webhook_client,
 )
 from benchmarks.common import (
@@ -59,6 +60,7 @@ SCENARIOS: dict[str, Scenario] = {
     "fanout": fanout.run,
     "campaign_confirm": campaign_confirm.run,
     "history_scale": history_scale.run,
+    "status_poll": status_poll.run,
 }
 
 

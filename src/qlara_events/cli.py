@@ -27,7 +27,7 @@ from qlara_events.kafka import ensure_topics
 from qlara_events.logs import get_logger
 from qlara_events.sandbox import Behaviour, Sandbox
 from qlara_events.secrets_box import parse_key
-from qlara_events.server import HANDLER_CANCELLATION, ROLES, build_app
+from qlara_events.server import HANDLER_CANCELLATION, MAX_LINE_SIZE, ROLES, build_app
 from qlara_events.standard_webhooks import secret_key, signature_header
 from qlara_events.store import accounts, campaigns, inbox, partitions, socials
 from qlara_events.store.db import Conn, create_pool
@@ -183,7 +183,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     web.run_app(app, host=settings.http_host, port=settings.http_port, print=announce, backlog=settings.http_backlog,
                 shutdown_timeout=15, access_log=None, handle_signals=True, loop=loop,
-                handler_cancellation=HANDLER_CANCELLATION)
+                handler_cancellation=HANDLER_CANCELLATION, max_line_size=MAX_LINE_SIZE)
     if not args.child:
         print("stopped: in-flight requests finished, consumer offsets committed", flush=True)
 

@@ -72,6 +72,16 @@ CONSUMER_LAG = Gauge(
 ORPHANS = Gauge(
     "qlara_orphan_receipts", "Receipts waiting for their message.submitted (kept, applied when it arrives)."
 )
+KEY_LOOKUPS = Counter(
+    "qlara_api_key_lookups_total",
+    "Authenticated API requests by where their key was resolved: cache (no database round trip) or database"
+    " (the key, or its rate-limit windows, not held by this process, or its key cache not trusted just now).",
+    ["source"],
+)
+RATE_LIMIT_SYNCS = Counter(
+    "qlara_rate_limit_syncs_total", "Background reconciliations of in-memory rate-limit counts, by outcome.",
+    ["outcome"],
+)
 
 
 def render() -> tuple[bytes, str]:

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from qlara_events import api, ingress
 from qlara_events.api import app as api_app
+from qlara_events.api import status
 from qlara_events.config import Settings
 from qlara_events.dispatcher.worker import Dispatcher
 from qlara_events.http import READINESS_CHECKS, base_app, ops_app
@@ -31,6 +32,9 @@ ROLES: Final = ("ingress", "api", "projector", "dispatcher")
 #: the ingress's views stop at once and free their admission slot; every other view is shielded from it and
 #: runs to its end, as it did before (``http.finish_unless_cancellable``). Passed by ``cli`` and the tests.
 HANDLER_CANCELLATION: Final = True
+#: The request-line limit of every role's server (passed by ``cli`` and the tests): long enough for the batch
+#: status read's 500 ids (api/status.py); header limits stay aiohttp's.
+MAX_LINE_SIZE: Final = status.MAX_REQUEST_LINE
 
 log = get_logger("server")
 _ = (api, ingress)  # -- the packages document the roles; keep their imports explicit

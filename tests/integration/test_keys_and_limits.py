@@ -100,10 +100,12 @@ PER_MINUTE = 6
 
 @pytest.fixture(scope="module")
 def two_api_processes(infra: tuple[str, str]) -> Iterator[list[str]]:
-    """Two separate api processes on the same database, on free ports."""
+    """Two separate api processes on the same database, on free ports, counting every request in Postgres as
+    it comes (``QLARA_RATE_LIMIT_SYNC_MS=0``; the default, in-memory counting is test_key_cache.py's)."""
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("QLARA_")},
            "QLARA_DATABASE_URL": infra[1], "QLARA_KAFKA_BOOTSTRAP": infra[0], "QLARA_LOG_LEVEL": "warning",
-           "QLARA_RATE_LIMIT_PLANS": f"trial:{PER_MINUTE}/1000", "QLARA_URL_SIGNING_KEY": "test-url-signing-key"}
+           "QLARA_RATE_LIMIT_PLANS": f"trial:{PER_MINUTE}/1000", "QLARA_URL_SIGNING_KEY": "test-url-signing-key",
+           "QLARA_RATE_LIMIT_SYNC_MS": "0"}
     ports = [free_port(), free_port()]
     procs = [subprocess.Popen([sys.executable, "-m", "qlara_events.cli", "serve", "--role", "api"],
                               env={**env, "QLARA_HTTP_PORT": str(port)}, stdout=subprocess.DEVNULL,
@@ -121,7 +123,7 @@ async def trial_account(db: asyncpg.Pool, account: Account) -> AsyncIterator[Acc
 
 
 class TestRateLimitAcrossProcesses:
-    """The limit is per key, not per process."""
+    """The limit is per key, not per process: exactly, when every request is counted in Postgres."""
 
     async def test_minute_shared_by_two_processes(self, http: aiohttp.ClientSession, db: asyncpg.Pool,
                                                   two_api_processes: list[str], trial_account: Account) -> None:

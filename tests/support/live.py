@@ -36,10 +36,11 @@ class LiveServer:
 @contextlib.asynccontextmanager
 async def serve(settings: Settings, roles: Sequence[str]) -> AsyncIterator[LiveServer]:
     """Run ``roles`` in this process on a free loopback port."""
-    from qlara_events.server import HANDLER_CANCELLATION, build_app
+    from qlara_events.server import HANDLER_CANCELLATION, MAX_LINE_SIZE, build_app
 
     app = build_app(settings, roles)
-    runner = web.AppRunner(app, shutdown_timeout=5, handler_cancellation=HANDLER_CANCELLATION)
+    runner = web.AppRunner(app, shutdown_timeout=5, handler_cancellation=HANDLER_CANCELLATION,
+                           max_line_size=MAX_LINE_SIZE)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

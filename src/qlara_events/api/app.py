@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -12,7 +13,7 @@ import orjson
 from aiohttp import web
 
 from qlara_events.api import campaigns, contacts, exports, inbox, keys, media, socials, spec, status, webhooks
-from qlara_events.api.auth import PLANS, POOL, PREFIX, THROTTLE, api_key_auth, rate_limit_headers
+from qlara_events.api.auth import KEYS, LIMITER, PLANS, POOL, PREFIX, THROTTLE, api_key_auth, rate_limit_headers
 from qlara_events.api.shared import PUBLISHER, SIGNING_KEY, STORE
 from qlara_events.api.throttle import FailureThrottle
 from qlara_events.campaign_runner import CampaignRunner
@@ -23,6 +24,8 @@ from qlara_events.logs import get_logger
 from qlara_events.storage import DirectoryStore
 from qlara_events.store import ratelimit
 from qlara_events.store.db import create_pool
+from qlara_events.store.keycache import KeyCache
+from qlara_events.store.ratesync import LocalLimiter
 
 log = get_logger("api")
 
@@ -58,9 +61,26 @@ def setup(app: web.Application, settings: Settings) -> None:
 
     async def pool_ctx(a: web.Application) -> AsyncIterator[None]:
         a[POOL] = await create_pool(settings)
-        pruner = asyncio.create_task(_prune_rate_counters(a[POOL]), name="rate-counter-pruner")
+        background = [asyncio.create_task(_prune_rate_counters(a[POOL]), name="rate-counter-pruner")]
+        if settings.key_cache_check_ms:
+            a[KEYS] = KeyCache(settings.database_url, check_s=settings.key_cache_check_ms / 1000)
+            background.append(asyncio.create_task(a[KEYS].run(), name="api-key-cache"))
+        syncer = sync_pool = None
+        if settings.rate_limit_sync_ms:
+            # A connection of its own: a sync never queues behind the requests it is there to keep in check.
+            sync_pool = await create_pool(settings, max_size=1)
+            a[LIMITER] = LocalLimiter(sync_pool, settings.rate_limit_sync_ms / 1000)
+            syncer = asyncio.create_task(a[LIMITER].run(), name="rate-limit-sync")
         yield
-        pruner.cancel()
+        for task in background:
+            task.cancel()
+        if syncer is not None:
+            a[LIMITER].stop()  # -- one last sync: the counts of this process's last requests are not lost
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(syncer, 5)
+        await asyncio.gather(*background, return_exceptions=True)
+        if sync_pool is not None:
+            await sync_pool.close()
         await a[POOL].close()
 
     async def db_ready() -> None:

@@ -1,4 +1,13 @@
-"""API-key authentication: ``X-API-Key`` (or HTTP Basic with the key as password), scoped to one account."""
+"""API-key authentication: ``X-API-Key`` (or HTTP Basic with the key as password), scoped to one account.
+
+A request normally costs no database round trip before its handler: the key is resolved from the process's
+key cache (store/keycache.py: invalidated by LISTEN/NOTIFY, trusted only while its listener is confirmed
+healthy) and its rate limit decided in memory (store/ratesync.py: reconciled in the background). A key the
+cache does not hold, or whose shared rate-limit windows this process has not read lately, is looked up
+together with those windows in one read. ``QLARA_KEY_CACHE_CHECK_MS=0`` turns the cache off, and
+``QLARA_RATE_LIMIT_SYNC_MS=0`` counts every request in Postgres as it comes (exact across processes, one
+write per request).
+"""
 
 from __future__ import annotations
 
@@ -14,8 +23,11 @@ from aiohttp import web
 from qlara_events.api.throttle import FailureThrottle
 from qlara_events.errors import Forbidden, TooManyRequests, Unauthorized
 from qlara_events.http import Handler
+from qlara_events.metrics import KEY_LOOKUPS
 from qlara_events.store import ratelimit
-from qlara_events.store.accounts import Principal, authenticate, hash_key
+from qlara_events.store.accounts import Principal, authenticate_with_windows, hash_key
+from qlara_events.store.keycache import KeyCache
+from qlara_events.store.ratesync import LocalLimiter
 
 PREFIX: Final = "/partner-gateway/v1"
 PUBLIC_PATHS: Final = frozenset({f"{PREFIX}/openapi.json"})
@@ -24,6 +36,10 @@ PLANS: Final = web.AppKey("rate_limit_plans", dict[str, tuple[int, int]])
 VERDICT: Final = web.RequestKey("rate_limit", ratelimit.Verdict)
 PRINCIPAL: Final = web.RequestKey("principal", Principal)
 THROTTLE: Final = web.AppKey("auth_failure_throttle", FailureThrottle)
+KEYS: Final = web.AppKey("api_key_cache", KeyCache)
+LIMITER: Final = web.AppKey("rate_limiter", LocalLimiter)
+_FROM_CACHE: Final = KEY_LOOKUPS.labels("cache")
+_FROM_DATABASE: Final = KEY_LOOKUPS.labels("database")
 
 
 def get_pool(app: web.Application) -> asyncpg.Pool:
@@ -91,17 +107,32 @@ async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResp
     wait = throttle.retry_after(address, digest, now)
     if wait is not None:
         raise TooManyRequests(wait)  # too many invalid keys from this address: no database lookup
-    found = await authenticate(get_pool(request.app), raw)
-    if found is None:
-        throttle.failed(address, now)
-        raise Unauthorized("invalid API key")
+    pool = get_pool(request.app)
+    keys = request.app.get(KEYS)
+    limiter = request.app.get(LIMITER)
+    found = keys.get(digest) if keys is not None else None
+    if found is not None and (limiter is None or limiter.fresh(found.key_id, now)):
+        _FROM_CACHE.inc()
+    else:
+        token = keys.token() if keys is not None else 0
+        found, row = await authenticate_with_windows(pool, digest)
+        _FROM_DATABASE.inc()
+        if found is None:
+            throttle.failed(address, now)
+            raise Unauthorized("invalid API key")
+        if keys is not None:
+            keys.put(digest, found, token)
+        if limiter is not None:
+            limiter.load(found.key_id, row, now)
     throttle.succeeded(digest, now)
     request[PRINCIPAL] = found
     structlog.contextvars.bind_contextvars(account_id=found.account_id)
     plans = request.app[PLANS]
     per_minute, burst = plans.get(found.plan, plans["production"])
-    verdict = await ratelimit.hit(get_pool(request.app), found.key_id, time.time(), per_minute=per_minute,
-                                  burst=burst)
+    if limiter is not None:
+        verdict = limiter.hit(found.key_id, time.time(), per_minute=per_minute, burst=burst)
+    else:
+        verdict = await ratelimit.hit(pool, found.key_id, time.time(), per_minute=per_minute, burst=burst)
     request[VERDICT] = verdict
     if not verdict.allowed:
         raise TooManyRequests(verdict.retry_after)

@@ -11,7 +11,7 @@ from typing import Any, Final
 import asyncpg
 from aiohttp import web
 
-from qlara_events.api.auth import PREFIX, get_pool, principal, require_unrestricted
+from qlara_events.api.auth import KEYS, PREFIX, get_pool, principal, require_unrestricted
 from qlara_events.config import Settings
 from qlara_events.domain.status import Channel
 from qlara_events.errors import BadRequest, Conflict, Forbidden, NotFound
@@ -93,8 +93,12 @@ async def create_key(request: web.Request) -> web.Response:
 async def revoke_key(request: web.Request) -> web.Response:
     """DELETE /authentication/{id}: revoke now; the next request with the key is a 401."""
     require_unrestricted(request, "managing API keys")
-    if not await accounts.revoke(get_pool(request.app), principal(request).account_id, request.match_info["value"]):
+    key_id = request.match_info["value"]
+    if not await accounts.revoke(get_pool(request.app), principal(request).account_id, key_id):
         raise NotFound("no active key with this id in the account")
+    cache = request.app.get(KEYS)
+    if cache is not None:  # -- this process at once; every other one by migration 017's notification
+        cache.invalidate(f"k:{key_id}")
     return web.Response(status=204)
 
 

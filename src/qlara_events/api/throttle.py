@@ -3,8 +3,9 @@
 Each address may fail ``per_minute`` lookups a minute (a GCRA cell: bursts of that many, then one per
 60/``per_minute`` s). Past that, a request from the address is answered 429 before the lookup, unless its key
 authenticated on this process recently: partners behind the same address as an attacker (a NAT, a proxy)
-keep working. That exception only skips the throttle; the key is still looked up, so a revocation stays
-immediate. Per process, so N api processes allow N times the figure; memory is bounded by ``MAX_ENTRIES``.
+keep working. That exception only skips the throttle; the key is still checked (from the key cache, which a
+revocation empties of it at once, or in Postgres), so a revocation stays immediate. Per process, so N api
+processes allow N times the figure; memory is bounded by ``MAX_ENTRIES``.
 """
 
 from __future__ import annotations

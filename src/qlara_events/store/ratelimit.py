@@ -7,6 +7,9 @@ approximation Cloudflare describes for its limiter; exact if the previous window
 ``rate_hit()`` (migration 014) decides and counts in one round trip under the key's row lock, so concurrent
 requests on several processes see one count. Only allowed requests are counted: a client that keeps retrying
 does not push its own window further away.
+
+The api counts in memory by default and reconciles these windows in the background (store/ratesync.py, with
+its tolerance); :func:`hit` is the exact path, one write per request (``QLARA_RATE_LIMIT_SYNC_MS=0``).
 """
 
 from __future__ import annotations
