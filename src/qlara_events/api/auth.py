@@ -11,6 +11,7 @@ write per request).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import time
@@ -110,6 +111,10 @@ async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResp
     pool = get_pool(request.app)
     keys = request.app.get(KEYS)
     limiter = request.app.get(LIMITER)
+    if keys is not None and keys.healthy():
+        # One turn of the loop first: a revocation's notification that arrived in the same turn as this request
+        # (its callback queued beside this handler's wake-up) is applied before the cache is read.
+        await asyncio.sleep(0)
     found = keys.get(digest) if keys is not None else None
     if found is not None and (limiter is None or limiter.fresh(found.key_id, now)):
         _FROM_CACHE.inc()
