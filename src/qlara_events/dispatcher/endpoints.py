@@ -64,6 +64,10 @@ class Endpoint:
         )
 
 
+#: Longest the intake waits for notified webhooks to be applied before it takes a batch.
+SETTLE_S: Final = 1.0
+
+
 class EndpointCache:
     """Webhooks by account id, kept current by LISTEN/NOTIFY."""
 
@@ -73,6 +77,8 @@ class EndpointCache:
         self._dirty: set[str] = set()
         self._dirty_added = asyncio.Event()
         self._loaded = asyncio.Event()
+        #: Set while every notification received has been applied (none dirty, no reload of them running).
+        self._settled = asyncio.Event()
         self._stopping = asyncio.Event()
         self.reloads = 0
 
@@ -101,6 +107,15 @@ class EndpointCache:
             waiter.cancel()
             stopper.cancel()
         return self._loaded.is_set()
+
+    async def settled(self) -> None:
+        """Until the notifications received so far are applied, so a webhook created (or deleted) before a
+        change was produced is seen by that change; at most ``SETTLE_S``, so a stalled listener cannot hold up
+        the intake (the change then meets the cache as it is, the documented bound)."""
+        if self._settled.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), SETTLE_S)
 
     def stop(self) -> None:
         """Stop listening."""
@@ -152,6 +167,8 @@ class EndpointCache:
                 for r in rows:
                     self._by_account[r["account_id"]] = Endpoint.from_row(r)
                 self.reloads += 1
+                if not self._dirty:
+                    self._settled.set()
 
     async def _load_all(self, conn: asyncpg.Connection) -> None:
         # Cleared before reading: a notification that arrives during the read names a later commit.
@@ -160,9 +177,12 @@ class EndpointCache:
         self._by_account = {r["account_id"]: Endpoint.from_row(r) for r in rows}
         self._loaded.set()
         self.reloads += 1
+        if not self._dirty:
+            self._settled.set()
 
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         self._dirty.add(str(payload))
+        self._settled.clear()
         self._dirty_added.set()
 
 

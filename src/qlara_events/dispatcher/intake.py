@@ -205,6 +205,7 @@ class Intake:
     # ------------------------------------------------------------------------------------- a batch arrives
 
     async def _take(self, batch: Batch, records: list[Any]) -> None:
+        await self._cache.settled()  # webhooks notified before these changes were consumed are applied first
         counts: collections.Counter[str] = collections.Counter()
         items: list[Item] = []
         dead: list[store.NewDelivery] = []
