@@ -101,8 +101,8 @@ def paths(p: str) -> dict[str, Any]:
             "operationId": "exportMessageHistory", "tags": tag,
             "summary": "CSV of API-originated messages (all channels) in a window; a background job",
             "requestBody": {"required": True, "content": {JSON: {"schema": _ref("HistoryExportRequest")}}},
-            "responses": {"202": _ok(_ref("ExportJob"), "Queued"), "400": _error("Missing or invalid dates, invalid filters, or unknown fields"),
-                          **auth}}},
+            "responses": {"202": _ok(_ref("ExportJob"), "Queued"),
+                          "400": _error("Missing or invalid dates, invalid filters, or unknown fields"), **auth}}},
         f"{p}/exports/delivery-reports": {"post": {
             "operationId": "exportDeliveryReports", "tags": tag,
             "summary": "CSV of every delivery receipt of a campaign or a window; a background job",
