@@ -97,6 +97,7 @@ class CampaignRunner:
             while not self._stopping.is_set():
                 now = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
                 take = max(0, min(BATCH, cap - expanded))
+                contact_ids: list[int] = []  # the batch's contacts (a list campaign's), to mark as contacted
                 if take == 0:
                     batch: list[tuple[str, dict[str, Any]]] = []
                     next_cursor = cursor
@@ -108,6 +109,7 @@ class CampaignRunner:
                         "phoneNumber": r["phone_number"], "email": r["email"], "customFields": r["custom_fields"],
                     }) for r in rows]
                     next_cursor = str(rows[-1]["contact_id"]) if rows else cursor
+                    contact_ids = [r["contact_id"] for r in rows]
                 else:
                     start = int(cursor)
                     dests = list(c["destinations"])[start:start + take]
@@ -115,6 +117,8 @@ class CampaignRunner:
                     next_cursor = str(start + len(dests))
                 requests = [send_request(c, dest, contact, now) for dest, contact in batch]
                 await self._publisher.produce_many(topic, [(r["messageId"], r) for r in requests])
+                await store.mark_contacted(self._pool, c["account_id"], contact_ids,
+                                           rules.SENDING_MODES[c["sending_mode"]][0], c["sending_mode"])
                 expanded += len(batch)
                 done = len(batch) < take or expanded >= cap
                 await store.progress(self._pool, c["campaign_id"], expanded, next_cursor, done, LEASE_S)

@@ -69,6 +69,20 @@ async def call(http: aiohttp.ClientSession, server: LiveServer, method: str, pat
         return r.status, (await r.json() if r.status != 204 else None)
 
 
+async def export_rows(http: aiohttp.ClientSession, server: LiveServer, account: Account,
+                      export_id: int) -> list[dict[str, str]]:
+    """The rows of an export job's CSV, once the job has completed (polled with a bounded deadline)."""
+    async def exported() -> dict[str, Any] | None:
+        _, jobs = await call(http, server, "GET", f"{P}/exports", account)
+        j = {x["id"]: x for x in jobs}[export_id]
+        return j if j["status"] == "COMPLETED" else None
+
+    await wait_until(exported, what=f"export {export_id}")
+    _, link = await call(http, server, "GET", f"{P}/exports/{export_id}", account)
+    async with http.get(link["url"].replace(server.settings.base_url, server.url)) as r:
+        assert r.status == 200
+        return list(csv.DictReader(io.StringIO(await r.text())))
+
 class TopicWindow:
     """The records a topic receives from the moment this is entered (older records are never replayed).
 
@@ -191,15 +205,7 @@ class TestCampaignFlow:
             "endDateTime": (now + dt.timedelta(hours=1)).isoformat(), "campaignId": camp["id"]})
         assert status == 202
 
-        async def exported() -> dict[str, Any] | None:
-            _, jobs = await call(http, server, "GET", f"{P}/exports", account)
-            j = {x["id"]: x for x in jobs}[job["id"]]
-            return j if j["status"] == "COMPLETED" else None
-
-        await wait_until(exported, what="campaign history export")
-        _, link = await call(http, server, "GET", f"{P}/exports/{job['id']}", account)
-        async with http.get(link["url"].replace(server.settings.base_url, server.url)) as r:
-            exported_rows = list(csv.DictReader(io.StringIO(await r.text())))
+        exported_rows = await export_rows(http, server, account, job["id"])
         ids = {r["message_id"] for r in await db.fetch("select message_id from messages where campaign_id = $1",
                                                        str(camp["id"]))}
         assert {row["messageId"] for row in exported_rows} == ids and len(exported_rows) == 40
@@ -220,6 +226,50 @@ class TestCampaignFlow:
                                lambda v: v.get("campaignId") == str(camp["id"]), count=2)
         assert sorted(g["sms"]["text"] for g in got) == ["Ciao Name1, -20% fino a domenica!",
                                                         "Ciao Name2, -20% fino a domenica!"]
+
+    async def test_send_sets_last_contact_and_campaign_type(self, http: aiohttp.ClientSession, server: LiveServer,
+                                                           db: asyncpg.Pool, account: Account) -> None:
+        """A list campaign sets lastContactType (its first channel) and lastCampaignType (its sendingMode) on
+        the contacts it sent to; the list filters and the contacts export see them; a contact it did not send
+        to stays null."""
+        list_id = await contacts_list(db, account, 2)
+        sent = [r["contact_id"] for r in await db.fetch(
+            "select contact_id from contact_list_members where list_id = $1 order by contact_id", list_id)]
+        outsider = await db.fetchval("insert into contacts (account_id, phone_number, is_valid)"
+                                     " values ($1, '+393339999999', true) returning contact_id", account.id)
+        mixed = await db.fetchval("insert into contact_lists (account_id, name) values ($1, 'Mixed')"
+                                  " returning list_id", account.id)
+        await db.execute("insert into contact_list_members (list_id, contact_id) values ($1, $2), ($1, $3)",
+                         mixed, sent[0], outsider)
+        await db.execute("update accounts set credit = 10 where account_id = $1", account.id)
+        _, camp = await call(http, server, "POST", C, account, draft(list_id, readyToSend=True))
+        await call(http, server, "POST", f"{C}/{camp['id']}/calculateGoal", account)
+        status, _ = await call(http, server, "PUT", f"{C}/{camp['id']}/confirm", account)
+        assert status == 202
+
+        async def marked() -> list[Any] | None:
+            _, got = await call(http, server, "GET", f"{P}/contacts/list/{mixed}/contacts?lastContactType=SMS",
+                                account)
+            return got or None
+
+        got = await wait_until(marked, timeout=60, what="contacts marked by the campaign send")
+        assert [c["id"] for c in got] == [sent[0]]
+        assert got[0]["lastContactType"] == "SMS" and got[0]["lastCampaignType"] == "SMS"
+        _, by_campaign = await call(http, server, "GET",
+                                    f"{P}/contacts/list/{list_id}/contacts?lastCampaignType=SMS", account)
+        assert sorted(c["id"] for c in by_campaign) == sent
+        _, none = await call(http, server, "GET", f"{P}/contacts/list/{list_id}/contacts?lastContactType=RCS",
+                             account)
+        assert none == []
+        _, other = await call(http, server, "GET", f"{P}/contacts/{outsider}", account)
+        assert other["lastContactType"] is None and other["lastCampaignType"] is None
+
+        status, job = await call(http, server, "POST", f"{P}/exports/contacts", account, {"listIds": [mixed]})
+        assert status == 202
+
+        rows = {int(row["id"]): row for row in await export_rows(http, server, account, job["id"])}
+        assert (rows[sent[0]]["lastContactType"], rows[sent[0]]["lastCampaignType"]) == ("SMS", "SMS")
+        assert (rows[outsider]["lastContactType"], rows[outsider]["lastCampaignType"]) == ("", "")
 
 
 class TestCampaignRules:

@@ -114,6 +114,37 @@ class TestExports:
         assert sorted(row["messageId"] for row in rows) == sorted(api_ids)
         assert {"messageId", "channel", "destination", "deliveryStatus", "sendDate", "deliveryDate"} <= set(rows[0])
 
+    async def test_history_export_channel_and_status_filters(self, http, server, db, account) -> None:
+        """channel and status filter the export as they do GET /messages/history: only matching rows."""
+        start = T0 + dt.timedelta(days=4)
+        wanted = await seed(db, account, 3, start=start, channel="WHATSAPP", status="DELIVERED")
+        await seed(db, account, 2, start=start, channel="WHATSAPP", status="ERROR")
+        await seed(db, account, 4, start=start, channel="SMS", status="DELIVERED")
+        body = {"startDateTime": start.isoformat(), "endDateTime": (start + dt.timedelta(hours=1)).isoformat(),
+                "channel": "WHATSAPP", "status": "DELIVERED"}
+        async with http.post(f"{server.url}{P}/messages/history/export", json=body, headers=account.headers) as r:
+            assert r.status == 202
+            job = await r.json()
+        assert job["parameters"]["channel"] == "WHATSAPP" and job["parameters"]["status"] == "DELIVERED"
+        done = await finished(http, server.url, account, job["id"])
+        assert done["status"] == "COMPLETED" and done["rowCount"] == 3
+        async with http.get(f"{server.url}{P}/exports/{job['id']}", headers=account.headers) as r:
+            link = await r.json()
+        async with http.get(link["url"].replace(server.settings.base_url, server.url)) as r:
+            rows = list(csv.DictReader(io.StringIO(await r.text())))
+        assert sorted(row["messageId"] for row in rows) == sorted(wanted)
+        assert {(row["channel"], row["deliveryStatus"]) for row in rows} == {("WHATSAPP", "DELIVERED")}
+
+    @pytest.mark.parametrize("body", [{"chanel": "SMS"}, {"channel": "FAX"}, {"status": "LOST"}])
+    async def test_history_export_refuses_unknown_fields_and_bad_filters(self, http, server, account, body) -> None:
+        """A misspelt field is a 400 naming it (not an unfiltered export); a bad channel or status is a 400."""
+        window = {"startDateTime": T0.isoformat(), "endDateTime": (T0 + dt.timedelta(days=1)).isoformat()}
+        async with http.post(f"{server.url}{P}/messages/history/export", json={**window, **body},
+                             headers=account.headers) as r:
+            assert r.status == 400
+            error = await r.json()
+        assert error["status"] == 400 and next(iter(body)) in error["message"]
+
     async def test_expiry_and_regeneration(self, http, server, db, account) -> None:
         """An expired export answers 400 and is listed EXPIRED; POST regenerates it."""
         await seed(db, account, 3, start=T0 + dt.timedelta(days=5))

@@ -20,6 +20,7 @@ from qlara_events.api.auth import PREFIX, get_pool, principal
 from qlara_events.api.shared import STORE
 from qlara_events.config import Settings
 from qlara_events.contacts import fields, phones, readers
+from qlara_events.domain import campaigns as rules
 from qlara_events.errors import BadRequest, Conflict, ImportsBusy, NotFound, PayloadTooLarge
 from qlara_events.http import json_object, json_response, text_part
 from qlara_events.import_jobs import IMPORT_RETRY_AFTER, VCARD, ImportSlots, ImportSpec, ImportWorker, run_import
@@ -156,7 +157,7 @@ def _filters(q: Any, *, in_list: bool) -> store.Filters:
         channel=_choice(q, "communicationSupported", fields.CHANNELS), is_test=_bool(q, "isTest"),
         phone_number=phone, email=_text(q, "email", fields.MAX_EMAIL),
         last_contact_type=_choice(q, "lastContactType", fields.CHANNELS) if in_list else None,
-        last_campaign_type=_choice(q, "lastCampaignType", fields.CHANNELS) if in_list else None)
+        last_campaign_type=_choice(q, "lastCampaignType", tuple(rules.SENDING_MODES)) if in_list else None)
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:

@@ -43,6 +43,9 @@ MAX_EXPORT_IDS: Final = 10_000
 #: The fields of a contacts export request (anything else is a 400: a misspelt filter would otherwise export
 #: every contact of the account).
 CONTACT_FILTERS: Final = ("listIds", "contactIds")
+#: The fields of a history export request: the window, the free-text filters and GET /messages/history's
+#: channel and status filters (anything else is a 400, as for the contacts export).
+HISTORY_FIELDS: Final = ("startDateTime", "endDateTime", "sender", "destination", "campaignId", "channel", "status")
 
 
 def _offset_datetime(raw: object, name: str) -> dt.datetime:
@@ -50,6 +53,23 @@ def _offset_datetime(raw: object, name: str) -> dt.datetime:
     if raw is None:
         raise BadRequest(f"{name} is required: an ISO-8601 date-time with offset, e.g. 2026-03-01T00:00:00+01:00")
     return params.date_time(raw, name)
+
+
+def _unknown_fields(body: dict[str, Any], known: tuple[str, ...], hint: str) -> None:
+    """400 naming the fields of body that are not in known (a misspelt filter would otherwise be ignored)."""
+    unknown = sorted(set(body) - set(known))
+    if unknown:
+        raise BadRequest("unknown fields: " + ", ".join(name[:64] for name in unknown[:10]) + "; " + hint)
+
+
+def _filter_enum(body: dict[str, Any], name: str, members: type[Channel] | type[DeliveryStatus]) -> str | None:
+    """An optional enum filter given as in GET /messages/history (any case); absent is None, anything else 400."""
+    if name not in body:
+        return None
+    value = body[name]
+    if not isinstance(value, str) or value.upper() not in members.__members__:
+        raise BadRequest(f"{name} must be one of " + ", ".join(m.value for m in members))
+    return value.upper()
 
 
 def _filter_text(body: dict[str, Any], name: str) -> str | None:
@@ -126,8 +146,10 @@ async def _queue(request: web.Request, kind: str, job: dict[str, Any]) -> web.Re
 
 
 async def export_history(request: web.Request) -> web.Response:
-    """POST /messages/history/export {startDateTime, endDateTime, sender?, destination?, campaignId?} → 202."""
+    """POST /messages/history/export {startDateTime, endDateTime, sender?, destination?, campaignId?, channel?,
+    status?} → 202; unknown fields are a 400."""
     body = await _body(request)
+    _unknown_fields(body, HISTORY_FIELDS, "the fields are " + ", ".join(HISTORY_FIELDS))
     start = _offset_datetime(body.get("startDateTime"), "startDateTime")
     end = _offset_datetime(body.get("endDateTime"), "endDateTime")  # end < start: an empty file, as GET does
     job: dict[str, Any] = {"startDateTime": start.isoformat(), "endDateTime": end.isoformat()}
@@ -135,6 +157,13 @@ async def export_history(request: web.Request) -> web.Response:
         value = _filter_text(body, name)
         if value is not None:
             job[name] = value
+    channel = _filter_enum(body, "channel", Channel)
+    if channel is not None:
+        require_channel(request, channel)  # a key restricted to other channels may not ask for this one
+        job["channel"] = channel
+    status = _filter_enum(body, "status", DeliveryStatus)
+    if status is not None:
+        job["status"] = status
     return await _queue(request, "MESSAGE_HISTORY", job)
 
 
@@ -176,10 +205,7 @@ def _id_array(body: dict[str, Any], name: str) -> list[int] | None:
 async def export_contacts(request: web.Request) -> web.Response:
     """POST /exports/contacts {listIds} or {contactIds} or {} (every contact of the account) → 202."""
     body = await _body(request)
-    unknown = sorted(set(body) - set(CONTACT_FILTERS))
-    if unknown:
-        raise BadRequest("unknown fields: " + ", ".join(name[:64] for name in unknown[:10])
-                         + "; give listIds or contactIds, or neither for every contact")
+    _unknown_fields(body, CONTACT_FILTERS, "give listIds or contactIds, or neither for every contact")
     if all(name in body for name in CONTACT_FILTERS):
         raise BadRequest("give listIds or contactIds, not both")
     job: dict[str, Any] = {}

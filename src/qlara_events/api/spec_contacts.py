@@ -10,6 +10,7 @@ from qlara_events.api.openapi_parts import error as _error
 from qlara_events.api.openapi_parts import ok as _ok
 from qlara_events.api.openapi_parts import ref as _ref
 from qlara_events.contacts import fields, phones
+from qlara_events.domain import campaigns as rules
 from qlara_events.store import contacts as store
 
 #: Text PostgreSQL can store: anything but NUL.
@@ -40,8 +41,10 @@ def schemas() -> dict[str, Any]:
                                    "description": "Derived from the number: [\"SMS\"] for a valid mobile (or "
                                                   "fixed-line-or-mobile) number, else []"},
         "isTest": {"type": "boolean"},
-        "lastContactType": {"enum": [*fields.CHANNELS, None]},
-        "lastCampaignType": {"enum": [*fields.CHANNELS, None]},
+        "lastContactType": {"enum": [*fields.CHANNELS, None], "description": "The channel the last campaign "
+                            "message to this contact went out on first (its fallbacks may have delivered it)"},
+        "lastCampaignType": {"enum": [*rules.SENDING_MODES, None],
+                             "description": "The sendingMode of the last campaign sent to this contact"},
         "createdAt": _TS, "updatedAt": _TS,
     }
     contact = {"type": "object", "required": list(contact_props), "properties": contact_props}
@@ -182,7 +185,7 @@ def _search_params(*, in_list: bool) -> list[dict[str, Any]]:
         _q("sortPriorityListId", _ID, "Members of this list come first"),
     ]
     if in_list:
-        params += [_q("lastContactType", channel), _q("lastCampaignType", channel)]
+        params += [_q("lastContactType", channel), _q("lastCampaignType", {"enum": list(rules.SENDING_MODES)})]
     return params
 
 

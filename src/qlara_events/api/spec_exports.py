@@ -45,10 +45,15 @@ def schemas() -> dict[str, Any]:
                            "rowCount": {"type": ["integer", "null"]}, "size": {"type": ["integer", "null"]}},
         },
         "HistoryExportRequest": {
-            "type": "object", "required": ["startDateTime", "endDateTime"],
+            "type": "object", "required": ["startDateTime", "endDateTime"], "additionalProperties": False,
+            "description": "The window and optional filters (those of GET /messages/history among them); "
+                           "unknown fields are a 400.",
             "properties": {**window, "sender": _FILTER, "destination": _FILTER,
                            "campaignId": {**_CAMPAIGN_ID,
-                                          "description": "That campaign's messages instead of API-sent ones"}},
+                                          "description": "That campaign's messages instead of API-sent ones"},
+                           "channel": {**_ref("Channel"), "description": "Only this channel's messages "
+                                       "(every channel the key may use when absent)"},
+                           "status": {**_ref("DeliveryStatus"), "description": "Only messages in this status"}},
         },
         "ContactsExportRequest": {
             "type": "object", "additionalProperties": False,
@@ -96,8 +101,8 @@ def paths(p: str) -> dict[str, Any]:
             "operationId": "exportMessageHistory", "tags": tag,
             "summary": "CSV of API-originated messages (all channels) in a window; a background job",
             "requestBody": {"required": True, "content": {JSON: {"schema": _ref("HistoryExportRequest")}}},
-            "responses": {"202": _ok(_ref("ExportJob"), "Queued"), "400": _error("Missing or invalid dates"),
-                          **auth}}},
+            "responses": {"202": _ok(_ref("ExportJob"), "Queued"),
+                          "400": _error("Missing or invalid dates, invalid filters, or unknown fields"), **auth}}},
         f"{p}/exports/delivery-reports": {"post": {
             "operationId": "exportDeliveryReports", "tags": tag,
             "summary": "CSV of every delivery receipt of a campaign or a window; a background job",

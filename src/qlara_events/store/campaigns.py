@@ -189,6 +189,21 @@ async def claim(db: Db, lease_s: float, deadline_s: float) -> asyncpg.Record | N
     return await db.fetchrow(SQL_CLAIM, lease_s, deadline_s)
 
 
+#: One statement a batch: the contacts a campaign batch was handed to the senders for get the channel their
+#: message goes out on first (lastContactType) and the campaign's sendingMode (lastCampaignType).
+SQL_MARK_CONTACTED: Final = """
+update contacts set last_contact_type = $3, last_campaign_type = $4
+where account_id = $1 and contact_id = any($2::bigint[])
+"""
+
+
+async def mark_contacted(db: Db, account_id: str, contact_ids: list[int], channel: str, sending_mode: str) -> None:
+    """Record the last campaign send on a batch of the account's contacts (updatedAt is left alone: the
+    contact was not edited)."""
+    if contact_ids:
+        await db.execute(SQL_MARK_CONTACTED, account_id, contact_ids, channel, sending_mode)
+
+
 async def progress(db: Db, campaign_id: int, expanded: int, cursor: str, done: bool, lease_s: float) -> None:
     """Record how far expansion got (the resume point) and extend the lease."""
     await db.execute(

@@ -121,6 +121,7 @@ where m.account_id = $1 and m.submitted_at >= $2 and m.submitted_at <= $3
   and (($6::text is null and m.campaign_id is null) or m.campaign_id = $6)
   and ($4::text is null or m.sender = $4) and ($5::text is null or m.destination = $5)
   and ($7::text[] is null or m.channel = any($7::text[]))
+  and ($8::text is null or m.channel = $8) and ($9::text is null or m.status = $9)
 order by m.submitted_at, m.message_id
 """
 
@@ -166,7 +167,8 @@ order by c.contact_id
 def history_args(account_id: str, p: dict[str, Any]) -> tuple[Any, ...]:
     """Arguments of :data:`SQL_HISTORY_CSV` from a job's params."""
     return (account_id, dt.datetime.fromisoformat(p["startDateTime"]), dt.datetime.fromisoformat(p["endDateTime"]),
-            p.get("sender"), p.get("destination"), p.get("campaignId"), p.get("channels"))
+            p.get("sender"), p.get("destination"), p.get("campaignId"), p.get("channels"), p.get("channel"),
+            p.get("status"))
 
 
 def reports_args(account_id: str, p: dict[str, Any]) -> tuple[Any, ...]:
