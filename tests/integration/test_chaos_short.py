@@ -2,8 +2,8 @@
 
 It runs ``python -m chaos.run --short`` (the harness of ``make chaos``) as a child process: its own
 three-broker cluster (deploy/local/cluster.sh, name ``chaos-short``, brokers 19292/19294/19296), the
-ingress, projector and dispatcher as separate processes on ports 18110-18113, the session's test database.
-It never touches the shared Kafka or PostgreSQL processes. The scenarios' exact accounting comes back as
+ingress, projector and dispatcher as separate processes on ports 18110-18113, a database of its own beside
+the session's test database. It never touches the shared Kafka or PostgreSQL processes. The scenarios' exact accounting comes back as
 JSON and every guarantee is asserted here.
 """
 
@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
 import pytest
 import pytest_asyncio
@@ -26,13 +26,18 @@ BROKER_PORTS = (19292, 19294, 19296)
 
 
 @pytest_asyncio.fixture(scope="module")
-async def chaos_results(infra: tuple[str, str], db: asyncpg.Pool,
+async def chaos_results(infra: tuple[str, str],
                         tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Run the short harness once for the module (the test database is migrated by ``db`` first)."""
+    """Run the short harness once for the module, on a database of its own (the harness creates and migrates
+    it): the session's in-process projectors relay outbox leftovers of the database they share, and would
+    claim (and postpone, since their broker has no such topic) the rows the harness's killed projector left
+    for its own cluster, so its restarted projector found them never old enough to relay."""
     out = tmp_path_factory.mktemp("chaos") / "results.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("QLARA_")}
+    parts = urllib.parse.urlsplit(infra[1])
+    database_url = urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + "_chaos_short"))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "chaos.run", "--short", "--database-url", infra[1], "--json", str(out),
+        sys.executable, "-m", "chaos.run", "--short", "--database-url", database_url, "--json", str(out),
         cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
         log, _ = await asyncio.wait_for(proc.communicate(), 220)
