@@ -447,10 +447,11 @@ class CpuMeter:
         """Snapshot now."""
         self._before = self._now()
 
-    def add(self, name: str, pids: Sequence[int]) -> None:
-        """Measure more processes from now on (one started after :meth:`start`)."""
+    def add(self, name: str, pids: Sequence[int], *, whole_life: bool = False) -> None:
+        """Measure more processes from now on (one started after :meth:`start`); ``whole_life``: count all the
+        CPU they used since they started (processes that began after :meth:`start`, found afterwards)."""
         self._pids[name] = list(pids)
-        self._before[name] = sum(process_cpu_s(p) for p in pids)
+        self._before[name] = 0.0 if whole_life else sum(process_cpu_s(p) for p in pids)
 
     def stop(self, events: int) -> dict[str, Any]:
         """CPU-ms per 1,000 events of each process since :meth:`start` (call before the processes exit)."""

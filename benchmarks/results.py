@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 SCENARIOS = ("ingest_single", "ingest_batch", "ingest_provider", "projector_drain", "end_to_end", "webhook_client",
-             "fanout", "campaign_confirm", "history_scale", "status_poll")
+             "fanout", "campaign_confirm", "history_scale", "status_poll", "contacts_import")
 REQUIRED = ("value", "unit", "baseline", "ratio", "target", "met")
 
 

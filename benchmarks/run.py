@@ -23,6 +23,7 @@ import orjson
 
 from benchmarks import (
     campaign_confirm,
+    contacts_import,
     end_to_end,
     fanout,
     history_scale,
@@ -61,6 +62,7 @@ SCENARIOS: dict[str, Scenario] = {
     "campaign_confirm": campaign_confirm.run,
     "history_scale": history_scale.run,
     "status_poll": status_poll.run,
+    "contacts_import": contacts_import.run,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.common import percentile
+from benchmarks.contacts_import import BAD_EVERY, csv_body
 from benchmarks.loadgen import Hit, analyze
 from benchmarks.results import check, markdown
 
@@ -98,3 +99,18 @@ class TestMergePartial:
         assert set(merged["machine"]["what_else_ran"]) == {"ingest_single", "fanout"}
         check(merged)
         assert day["scenarios"]["fanout"] == _row(2.0)  # type: ignore[index]
+
+
+class TestContactsImportBody:
+    """contacts_import's CSV: the test's rows, every 97th phone malformed; the warm-up's all valid and distinct."""
+
+    async def test_rows_and_malformed_phones(self) -> None:
+        """n rows after the header, ceil(n / 97) of them with the malformed phone, in chunks of whole lines."""
+        chunks = [c async for c in csv_body(1000)]
+        lines = b"".join(chunks).decode().splitlines()
+        assert lines[0] == "firstName,lastName,phoneNumber,email" and len(lines) == 1001
+        assert all(c.endswith(b"\n") for c in chunks)
+        assert sum(1 for x in lines[1:] if ",12ab," in x) == len(range(0, 1000, BAD_EVERY)) == 11
+        warm = b"".join([c async for c in csv_body(100, offset=1000)]).decode().splitlines()[1:]
+        assert len(warm) == 100 and not any(",12ab," in x for x in warm)
+        assert not {x.split(",")[2] for x in warm} & {x.split(",")[2] for x in lines[1:]}
