@@ -136,8 +136,13 @@ class Lanes(Generic[T]):
         """What the retry loop may claim: webhooks to exclude (breaker open, or no free slot) and the free
         slots of the webhooks that have fewer than ``per_endpoint`` (the others get ``per_endpoint``).
 
-        A webhook with a waiting line gets nothing: the intake's waiters come first.
+        A webhook with a waiting line gets nothing: the intake's waiters come first. A line is served when one
+        of its webhook's slots is released, so a line with nothing in flight (its probe failed and the breaker
+        opened again; its waiters spilled meanwhile) would wait for good, and keep the retry loop and the
+        intake's direct path away from the webhook with it: such lines are served here, every claim.
         """
+        for w in [w for w in self._waiting if not self._in_flight[w]]:
+            self._pump(w, now)
         exclude = [w for w, b in self.breakers.items() if b.state(now) is BreakerState.OPEN]
         free = {w: self.per_endpoint - n for w, n in self._in_flight.items() if n}
         for w, b in self.breakers.items():

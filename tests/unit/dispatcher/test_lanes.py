@@ -77,6 +77,30 @@ class TestBreaker:
         assert free == {"half": 1}
 
 
+    def test_a_line_with_nothing_in_flight_is_served_by_the_next_claim(self) -> None:
+        """A probe fails while changes wait behind it; they spill (no longer wanted). Nothing is in flight to
+        release a slot, so the claim serves the line: the spilled ones leave it, and once the breaker lets a
+        probe through the webhook is claimable again (issue #10: make chaos's receiver-down scenario at
+        1,000/s left 22,527 deliveries scheduled for good)."""
+        ln, started = lanes(per=5)
+        spilled: set[str] = set()
+        ln.wanted = lambda item: item not in spilled
+        for _ in range(2):
+            ln.breaker("a").record(False, 0.0)
+        assert ln.try_acquire("a", 10.0)  # half-open: the probe
+        ln.wait("a", "w1")
+        ln.wait("a", "w2")
+        ln.breaker("a").record(False, 11.0)  # the probe failed: open again
+        ln.release("a", 11.0)  # its slot: the line is pumped, but the breaker is open
+        assert ln.waiting("a") == 2 and started == []
+        spilled.update({"w1", "w2"})  # the intake made them durable (the retry schedule holds them)
+        exclude, _ = ln.claimable(12.0)
+        assert ln.waiting("a") == 0, "spilled waiters kept the line"
+        assert "a" in exclude  # still open at 12.0
+        exclude, free = ln.claimable(22.0)  # half-open: the retry loop may send the probe
+        assert "a" not in exclude and free.get("a") == 1
+
+
 class TestStalled:
     """A webhook is stalled when attempts are in flight and none ended for a while; busy is not stalled."""
 
