@@ -72,16 +72,29 @@ async def call(http: aiohttp.ClientSession, server: LiveServer, method: str, pat
 async def export_rows(http: aiohttp.ClientSession, server: LiveServer, account: Account,
                       export_id: int) -> list[dict[str, str]]:
     """The rows of an export job's CSV, once the job has completed (polled with a bounded deadline)."""
+    # The polling shares the account's rate limit (50/s bursts) with the test's own requests: a 429 is
+    # waited out (it is not what this helper checks); any other answer but 200 fails.
     async def exported() -> dict[str, Any] | None:
-        _, jobs = await call(http, server, "GET", f"{P}/exports", account)
+        status, jobs = await call(http, server, "GET", f"{P}/exports", account)
+        if status == 429:
+            return None
+        assert status == 200, jobs
         j = {x["id"]: x for x in jobs}[export_id]
         return j if j["status"] == "COMPLETED" else None
 
+    async def download_link() -> dict[str, Any] | None:
+        status, link = await call(http, server, "GET", f"{P}/exports/{export_id}", account)
+        if status == 429:
+            return None
+        assert status == 200, link
+        return dict(link)
+
     await wait_until(exported, what=f"export {export_id}")
-    _, link = await call(http, server, "GET", f"{P}/exports/{export_id}", account)
+    link = await wait_until(download_link, what=f"export {export_id}'s link")
     async with http.get(link["url"].replace(server.settings.base_url, server.url)) as r:
         assert r.status == 200
         return list(csv.DictReader(io.StringIO(await r.text())))
+
 
 class TopicWindow:
     """The records a topic receives from the moment this is entered (older records are never replayed).
