@@ -11,7 +11,6 @@ write per request).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import time
@@ -111,11 +110,11 @@ async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResp
     pool = get_pool(request.app)
     keys = request.app.get(KEYS)
     limiter = request.app.get(LIMITER)
-    if keys is not None and keys.healthy():
-        # One turn of the loop first: a revocation's notification that arrived in the same turn as this request
-        # (its callback queued beside this handler's wake-up) is applied before the cache is read.
-        await asyncio.sleep(0)
-    found = keys.get(digest) if keys is not None else None
+    found = None
+    # A cached key is served only after a round trip on the key listener that began after this request
+    # arrived: a revocation committed before it has then been applied (or the listener is found dead).
+    if keys is not None and keys.get(digest) is not None and await keys.confirmed():
+        found = keys.get(digest)
     if found is not None and (limiter is None or limiter.fresh(found.key_id, now)):
         _FROM_CACHE.inc()
     else:

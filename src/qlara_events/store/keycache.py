@@ -16,6 +16,11 @@ committed before it began has arrived) and the connection is not known to be clo
 is looked up in Postgres, as without a cache. A new listener connection starts from an empty cache: whatever
 was notified while there was none is forgotten with everything else. So a dropped connection that Postgres
 or the kernel reports is noticed at once, and a silently dead one within ``3 x check_s``.
+On top of that, a request is served from the cache only after a round trip on the listener connection that
+began after the request arrived (:meth:`KeyCache.confirmed`; concurrent requests share one): a revocation
+committed before the request has then been applied, and a listener whose backend died without the kernel
+having told us yet fails that round trip, so the key is looked up. (Found by a fresh-clone run: a backend
+terminated while the request raced its FIN served a key revoked in between.)
 The listener pattern is dispatcher/endpoints.py's (listen first, then trust; reconnect with backoff).
 """
 
@@ -56,6 +61,9 @@ class KeyCache:
         self._conn: asyncpg.Connection | None = None
         self._trusted_until = 0.0
         self._stopping = asyncio.Event()
+        #: Callers of :meth:`confirmed` waiting for the next round trip on the listener (one serves them all).
+        self._waiters: list[asyncio.Future[bool]] = []
+        self._wanted = asyncio.Event()
         self.reconnects = 0
 
     def healthy(self) -> bool:
@@ -68,6 +76,21 @@ class KeyCache:
         if not self._entries or not self.healthy():
             return None
         return self._entries.get(digest)
+
+    async def confirmed(self) -> bool:
+        """True once a round trip on the listener connection that began after this call has completed: every
+        notification committed before the call has then arrived and been applied. False when the listener is
+        not healthy or the round trip fails (the caller looks the key up instead). Concurrent callers share
+        one round trip, so under load this costs one ``select 1`` per batch of requests, not per request."""
+        if not self.healthy():
+            return False
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self._wanted.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), max(self._check_s * 3, 1.0))
+        except TimeoutError:
+            return False
 
     def token(self) -> int:
         """Take before a lookup, give to :meth:`put` after it."""
@@ -135,16 +158,34 @@ class KeyCache:
 
     async def _confirm(self, conn: asyncpg.Connection) -> None:
         while not self._stopping.is_set():
+            waiters, self._waiters = self._waiters, []
+            self._wanted.clear()
             began = self._clock()
-            await conn.fetchval("select 1", timeout=max(self._check_s * 3, 1.0))
+            try:
+                await conn.fetchval("select 1", timeout=max(self._check_s * 3, 1.0))
+            except BaseException:
+                self._settle(waiters, False)
+                raise
             self._trusted_until = began + 3 * self._check_s
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._check_s)
+            # Notifications that came before the answer were queued (call_soon) before this coroutine resumed,
+            # so they are applied by now.
+            self._settle(waiters, True)
+            if not self._waiters:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wanted.wait(), self._check_s)
+
+    @staticmethod
+    def _settle(waiters: list[asyncio.Future[bool]], ok: bool) -> None:
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(ok)
 
     def _lost(self) -> None:
         self._conn = None
         self._trusted_until = 0.0
         self.clear()
+        waiters, self._waiters = self._waiters, []
+        self._settle(waiters, False)
 
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         self.invalidate(str(payload))
