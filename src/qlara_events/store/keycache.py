@@ -144,7 +144,8 @@ class KeyCache:
                 self.reconnects += 1
                 delay = 0.5
                 await self._confirm(conn)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except Exception as exc:  # -- whatever a dying connection raises: without a listener the cache is
+                # off (every request looks its key up) until this loop reconnects, so it must never end here
                 self._lost()
                 log.warning("key_cache_reconnect", error=repr(exc), retry_in_s=delay)
                 with contextlib.suppress(TimeoutError):
