@@ -52,8 +52,13 @@ async def ingress(http: aiohttp.ClientSession, kafka: str, database: str, **env:
 async def test_metrics_and_readiness_move_to_the_ops_port(http: aiohttp.ClientSession,
                                                           infra: tuple[str, str]) -> None:
     async with ingress(http, *infra) as (port, ops, _):
-        async with http.get(f"http://127.0.0.1:{ops}/readyz") as r:
-            assert r.status == 200 and (await r.json())["checks"] == {"kafka": "ok"}
+        # Live is not ready: the ops port answers /healthz while the producer may still be connecting (a CI
+        # run met a 503 here), so wait for readiness and then check what it says.
+        async def ready() -> bool:
+            async with http.get(f"http://127.0.0.1:{ops}/readyz") as r:
+                return r.status == 200 and (await r.json())["checks"] == {"kafka": "ok"}
+
+        await wait_until(ready, timeout=60, what="ingress readiness on the ops port")
         async with http.get(f"http://127.0.0.1:{ops}/metrics") as r:
             assert r.status == 200 and "qlara_ingest_in_flight" in await r.text()
         for path in ("/metrics", "/readyz"):
