@@ -12,6 +12,7 @@ step's receipts no slower at p50 than twice the first tenth's).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
@@ -22,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from benchmarks import events, loadgen, partners
+from benchmarks import events, loadgen, partners, profiling
 from benchmarks.common import (
     KAFKA,
     PORTS,
@@ -93,8 +94,11 @@ class Pipeline:
         self.owner = owner  # message id -> receiver name
         self.pids = pids
 
-    async def phase(self, mids: list[str], rate: int, seconds: float) -> dict[str, Any]:
-        """Post the receipts of ``mids`` at ``rate``/s; latency of each webhook from its receipt's schedule."""
+    async def phase(self, mids: list[str], rate: int, seconds: float, *, profile: str = "") -> dict[str, Any]:
+        """Post the receipts of ``mids`` at ``rate``/s; latency of each webhook from its receipt's schedule.
+
+        With ``profile`` (and ``--profile``), py-spy records the ingress, projector and dispatcher while the
+        receipts are sent; their summaries go into the phase's ``profile``."""
         n = len(mids)
 
         def targets(count: int) -> Iterator[loadgen.Target]:
@@ -107,7 +111,14 @@ class Pipeline:
         before = {name: set(await self.recv.fetch(name)) for name in names}
         meter = CpuMeter({**self.pids, "bench": [os.getpid()], **shared_infra()}, children_as="vegeta")
         meter.start()
-        step = await loadgen.run_step(self.ctx, f"end_to_end-{rate}", rate, seconds, targets)
+        async with contextlib.AsyncExitStack() as spies:
+            # make run's children are named by their --role ("ingress,api" holds the ingress).
+            targets_of = {r: next((pids[0] for name, pids in self.pids.items() if r in name.split(",")), None)
+                          for r in ("ingress", "projector", "dispatcher")} if profile else {}
+            profiles = {r: await spies.enter_async_context(
+                profiling.maybe(self.ctx, f"end_to_end-{profile}-{r}", pid, seconds))
+                for r, pid in targets_of.items() if pid is not None}
+            step = await loadgen.run_step(self.ctx, f"end_to_end-{rate}", rate, seconds, targets)
         wanted = {name: len(before[name]) + sum(1 for m in mids if self.owner[m] == name) for name in names}
         deadline = time.monotonic() + (10 if self.ctx.quick else 30)
         complete = True
@@ -138,7 +149,8 @@ class Pipeline:
                 "accepted": step.ok, "webhooks_received": len(lat), "complete": complete,
                 "first_tenth_p50_ms": first, "last_tenth_p50_ms": last, "lag_growing": growing,
                 "sustained": sustained, "ingress_p99_ms": step.scheduled["p99_ms"], "ingress_errors": step.errors,
-                "cpu": cpu}
+                "cpu": cpu, **({"profile": {r: p.summary for r, p in profiles.items() if p.summary}}
+                               if any(p.summary for p in profiles.values()) else {})}
 
 
 async def _make_run_phase(ctx: Context, recv: Receiver, owner: dict[str, str], pairs: list[tuple[str, str]],
@@ -157,7 +169,7 @@ async def _make_run_phase(ctx: Context, recv: Receiver, owner: dict[str, str], p
             raise RuntimeError(f"make run shape: only {rows}/{len(pairs) + len(run_pairs)} submissions projected")
         pipe = Pipeline(ctx, recv, f"http://127.0.0.1:{RUN_PORT}", owner, {**sup, "receivers": [recv.pid]})
         at_light = await pipe.phase(*light)
-        return {**await pipe.phase(mids, RATE, seconds), "light": at_light}
+        return {**await pipe.phase(mids, RATE, seconds, profile="run"), "light": at_light}
 
 
 async def run(ctx: Context, shared: dict[str, Any]) -> dict[str, Any]:
@@ -198,7 +210,7 @@ async def run(ctx: Context, shared: dict[str, Any]) -> dict[str, Any]:
                             {"ingress": [ingress.pid], "projector": [proj.pid], "dispatcher": [disp.pid],
                              "receivers": [recv.pid]})
             at_light = await pipe.phase(mids["light"], light_rate, light_s)
-            main = await pipe.phase(mids["main"], RATE, seconds)
+            main = await pipe.phase(mids["main"], RATE, seconds, profile="main")
             steps = []
             for r in search:
                 steps.append(await pipe.phase(mids[f"s{r}"], r, step_s))

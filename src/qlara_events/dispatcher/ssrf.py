@@ -381,6 +381,17 @@ def _refuse_forbidden(host: str, results: Sequence[ResolveResult], allowed: Sequ
         raise ForbiddenDestination(message, reason=reason, host=host, address=address)
 
 
+def _literal(host: str, port: int) -> list[ResolveResult] | None:
+    """The one answer for a host that is an IP address in its canonical form (``[v6]`` brackets allowed)."""
+    try:
+        ip = ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+    except ValueError:
+        return None
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    return [ResolveResult(hostname=host, host=str(ip), port=port, family=family, proto=0,
+                          flags=socket.AI_NUMERICHOST)]
+
+
 async def resolve_checked(
     host: str,
     port: int,
@@ -394,6 +405,11 @@ async def resolve_checked(
     private address: the whole host is refused), or with ``reason`` :data:`UNRESOLVABLE` if resolution fails or
     returns nothing. Without ``resolver``, aiohttp's ThreadedResolver (the system's getaddrinfo) is used.
     """
+    literal = _literal(host, port)
+    if literal is not None:
+        # An IP literal needs no lookup (getaddrinfo would echo it back from a worker thread): checked alike.
+        _refuse_forbidden(host, literal, allowed)
+        return literal
     active = resolver if resolver is not None else aiohttp.ThreadedResolver()
     try:
         results = await active.resolve(host, port, family=socket.AF_UNSPEC)

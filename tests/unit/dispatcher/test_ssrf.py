@@ -339,6 +339,31 @@ class TestResolveChecked:
         assert info.value.reason == UNRESOLVABLE
 
 
+    @pytest.mark.parametrize(("host", "reason"), [("127.0.0.1", "loopback"), ("10.1.2.3", "private"),
+                                                   ("::1", "loopback"), ("169.254.169.254", "link-local")])
+    async def test_ip_literal_checked_without_a_lookup(self, host: str, reason: str) -> None:
+        """An IP literal is refused by its own range; no resolver is asked (nothing to look up)."""
+        resolver = FakeResolver(["8.8.8.8"])
+        with pytest.raises(ForbiddenDestination, match="is a forbidden address") as info:
+            await resolve_checked(host, 443, allowed=(), resolver=resolver)
+        assert reason in info.value.reason and info.value.address == host and resolver.asked == []
+
+    @pytest.mark.parametrize(("host", "family"), [("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6)])
+    async def test_allowed_ip_literal_is_its_own_answer(self, host: str, family: int) -> None:
+        """An allow-listed literal comes back as the one address to connect to, with its family."""
+        resolver = FakeResolver(["8.8.8.8"])
+        answers = await resolve_checked(host, 8080, allowed=LOOPBACK, resolver=resolver)
+        assert [(a["host"], a["port"], a["family"]) for a in answers] == [(host, 8080, family)]
+        assert resolver.asked == []
+
+    async def test_non_canonical_numeric_host_is_still_resolved_and_checked(self) -> None:
+        """A numeric form ipaddress does not parse ("2130706433") goes to the resolver, whose answers are checked."""
+        resolver = FakeResolver(["127.0.0.1"])
+        with pytest.raises(ForbiddenDestination, match="resolves to a forbidden address"):
+            await resolve_checked("2130706433", 443, allowed=(), resolver=resolver)
+        assert resolver.asked == ["2130706433"]
+
+
 class TestGuardedResolver:
     """The resolver wrapper aiohttp's connector uses."""
 
