@@ -70,6 +70,27 @@ class TestOutbox:
         assert producer.sent == [("t.status", old, old["messageId"].encode())]
         assert await ids(own_outbox) == [young["id"]]
 
+    async def test_a_restarted_projector_takes_its_predecessors_rows_at_once(self, own_outbox: asyncpg.Pool) -> None:
+        """Young rows of an earlier process of the relay's instance id are taken at once; its own young rows,
+        another instance's and unmarked ones wait for the leftover age."""
+        dead = outbox.writer_token("proj-1", "aaaa")
+        me = outbox.writer_token("proj-1", "bbbb")
+        rows = {name: change(uid(f"m-{name}-")) for name in ("dead", "mine", "sibling", "prefix", "unmarked")}
+        writers = {"dead": dead, "mine": me, "sibling": outbox.writer_token("proj-2", "aaaa"),
+                   "prefix": outbox.writer_token("proj-10", "aaaa"), "unmarked": None}
+        for name, row in rows.items():
+            await own_outbox.execute(
+                "insert into status_outbox (change_id, topic, payload, writer) values ($1, 't.status', $2, $3)",
+                row["id"], row, writers[name])
+        producer = FakeProducer()
+        assert await outbox.relay(own_outbox, producer, writer=me) == 1  # type: ignore[arg-type]  # -- a fake
+        assert producer.sent == [("t.status", rows["dead"], rows["dead"]["messageId"].encode())]
+        assert sorted(await ids(own_outbox)) == sorted(rows[n]["id"] for n in ("mine", "sibling", "prefix",
+                                                                               "unmarked"))
+        # Without an instance id nothing is anyone's predecessor: the age rule alone.
+        assert outbox.writer_token(None, "cccc") is None
+        assert await outbox.relay(own_outbox, FakeProducer(), writer=None) == 0  # type: ignore[arg-type]
+
     async def test_produced_transitions_are_forgotten(self, own_outbox: asyncpg.Pool) -> None:
         """produce() sends each transition keyed by its message; forget() deletes their rows, only theirs."""
         a, b = change(uid("m-a-")), change(uid("m-b-"))

@@ -27,6 +27,7 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
+import secrets
 import time
 import zlib
 from collections.abc import Sequence
@@ -122,6 +123,8 @@ class Projector:
         self._producer: AIOKafkaProducer | None = None
         #: Change ids produced from memory and acknowledged, whose outbox rows the next batch deletes.
         self._relayed: list[str] = []
+        #: What this process marks its outbox rows with (a restarted projector relays its predecessor's at once).
+        self._writer = outbox.writer_token(settings.kafka_instance_id, secrets.token_hex(6))
         #: Offsets of applied batches not committed yet, and when the last commit was sent.
         self._offsets: dict[TopicPartition, int] = {}
         self._committed_at = 0.0
@@ -262,7 +265,7 @@ class Projector:
             try:
                 async with self._pool.acquire() as conn:
                     return await apply_batch(conn, good, status_topic=self._settings.topics.status_changes,
-                                             relayed=relayed), []
+                                             relayed=relayed, writer=self._writer), []
             except TRANSIENT as exc:
                 metrics.PROJECTOR_RETRIES.labels(type(exc).__name__).inc()
                 log.warning("batch_retry", error=repr(exc), events=len(good), retry_in_s=delay)
@@ -281,7 +284,8 @@ class Projector:
             while True:
                 try:
                     async with self._pool.acquire() as conn:
-                        one = await apply_batch(conn, [inc], status_topic=self._settings.topics.status_changes)
+                        one = await apply_batch(conn, [inc], status_topic=self._settings.topics.status_changes,
+                                                writer=self._writer)
                     total.effects.update(one.effects)
                     total.transitions += one.transitions
                     break
@@ -342,7 +346,7 @@ class Projector:
     async def _relay_leftovers(self) -> None:
         assert self._producer is not None
         try:
-            await outbox.relay(self._pool, self._producer)
+            await outbox.relay(self._pool, self._producer, writer=self._writer)
         except (*TRANSIENT, KafkaError, outbox.RelayFailed) as exc:
             # The rows stay in the outbox; the next attempt (here or in another projector) relays them.
             log.warning("outbox_relay_retry", error=repr(exc))

@@ -224,8 +224,8 @@ with forgotten as (
     delete from status_outbox where id in
         (select id from status_outbox where change_id = any($3::text[]) for update skip locked)
 )
-insert into status_outbox (change_id, topic, payload)
-select v->>'id', $2, v from jsonb_array_elements($1::text::jsonb) as v
+insert into status_outbox (change_id, topic, payload, writer)
+select v->>'id', $2, v, $4 from jsonb_array_elements($1::text::jsonb) as v
 on conflict (change_id) do nothing
 """
 
@@ -241,11 +241,12 @@ class _Row:
 
 
 async def apply_batch(conn: Conn, batch: Sequence[Incoming], *, status_topic: str,
-                      relayed: Sequence[str] = ()) -> BatchResult:
+                      relayed: Sequence[str] = (), writer: str | None = None) -> BatchResult:
     """Apply ``batch`` in one transaction; replaying a batch (or any part of it) changes nothing.
 
-    Transitions are queued in the outbox for ``status_topic``; the outbox rows of ``relayed`` (change ids
-    already acknowledged by Kafka) are deleted in the same transaction.
+    Transitions are queued in the outbox for ``status_topic``, marked as written by ``writer`` (see
+    projector/outbox.py); the outbox rows of ``relayed`` (change ids already acknowledged by Kafka) are deleted
+    in the same transaction.
     """
     result = BatchResult()
     unique: dict[str, Incoming] = {}
@@ -323,7 +324,7 @@ async def apply_batch(conn: Conn, batch: Sequence[Incoming], *, status_topic: st
         if moved:
             await conn.execute(SQL_CAMPAIGN_COUNTERS, *map(list, zip(*moved, strict=True)))
         if result.transitions or relayed:
-            await conn.execute(SQL_OUTBOX, _rows(result.transitions), status_topic, list(relayed))
+            await conn.execute(SQL_OUTBOX, _rows(result.transitions), status_topic, list(relayed), writer)
         for inc in submissions:
             result.effects[(inc.event.type, "submitted")] += 1
         for inc in inbound:
