@@ -52,10 +52,6 @@ log = get_logger("dispatcher.intake")
 
 #: Changes read but not yet settled, at most; past it the intake waits before reading more.
 MAX_UNSETTLED: Final = 20_000
-#: Seconds between offset commits while changes flow (at once when the stream is idle or the intake stops):
-#: a commit per loop turn was a Kafka round trip and a write to __consumer_offsets every few changes. A replay
-#: after a crash covers that much more, and finds those changes' delivery rows already there.
-COMMIT_EVERY_S: Final = 0.2
 #: Records of the topic that are not a change at all, kept as the projector keeps its own (``unreadable_records``).
 SQL_UNREADABLE: Final = """
 insert into unreadable_records (topic, partition, "offset", key, value, error)
@@ -124,10 +120,6 @@ class Intake:
         self._tasks: set[asyncio.Task[None]] = set()
         self._settled_one = asyncio.Event()
         self.committed_batches = 0
-        #: Offsets of settled batches not committed yet (``COMMIT_EVERY_S``), and when the last commit went.
-        self._to_commit: dict[TopicPartition, int] = {}
-        self._settled_batches = 0
-        self._committed_at = 0.0
         lanes.start = self._start
         lanes.wanted = lambda item: item.state == "waiting"
 
@@ -152,10 +144,9 @@ class Intake:
         if not await start_with_retry(consumer.start, self._stopping):
             return
         spiller = asyncio.create_task(self._spill_loop(), name="dispatcher-spill")
-        idle = True
         try:
             while not self._stopping.is_set():
-                await self._commit_settled(consumer, force=idle)
+                await self._commit_settled(consumer)
                 if len(self._unsettled) >= MAX_UNSETTLED:
                     self._settled_one.clear()
                     with contextlib.suppress(TimeoutError):
@@ -167,7 +158,6 @@ class Intake:
                     log.warning("fetch_failed", error=repr(exc))
                     continue
                 records = [r for recs in batch.values() for r in recs]
-                idle = not records
                 if records:
                     b = Batch({tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs},
                               read_at=time.monotonic())
@@ -185,27 +175,23 @@ class Intake:
     async def _drain(self, consumer: AIOKafkaConsumer) -> None:
         deadline = time.monotonic() + 10.0
         while self._batches and time.monotonic() < deadline:
-            await self._commit_settled(consumer, force=True)
+            await self._commit_settled(consumer)
             if not self._batches:
                 break
             self._settled_one.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._settled_one.wait(), 0.1)
-        await self._commit_settled(consumer, force=True)  # what settled in the last turn
         if self._batches:
             log.warning("stopped_with_unsettled_changes", changes=sum(b.pending for b in self._batches))
 
-    async def _commit_settled(self, consumer: AIOKafkaConsumer, *, force: bool = False) -> None:
-        """Commit the offsets of the batches settled so far, in order: at most every ``COMMIT_EVERY_S`` unless
-        ``force``."""
+    async def _commit_settled(self, consumer: AIOKafkaConsumer) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        n = 0
         while self._batches and self._batches[0].settled:
-            self._to_commit.update(self._batches.popleft().offsets)
-            self._settled_batches += 1
-        if not self._to_commit or (not force and time.monotonic() - self._committed_at < COMMIT_EVERY_S):
+            offsets.update(self._batches.popleft().offsets)
+            n += 1
+        if not offsets:
             return
-        offsets, self._to_commit = self._to_commit, {}
-        n, self._settled_batches = self._settled_batches, 0
-        self._committed_at = time.monotonic()
         try:
             await consumer.commit(offsets)
             self.committed_batches += n
@@ -214,7 +200,6 @@ class Intake:
             # skips the changes that already have delivery rows.
             log.warning("commit_failed_rebalanced", error=str(exc))
         except KafkaError as exc:
-            self._to_commit = {**offsets, **self._to_commit}  # the next commit carries them (or newer)
             log.warning("commit_failed", error=repr(exc))
 
     # ------------------------------------------------------------------------------------- a batch arrives
