@@ -80,7 +80,7 @@ class Recorder:
 
 
 def projector(lanes: int, rec: Recorder) -> Projector:
-    settings = type("S", (), {"projector_lanes": lanes})()
+    settings = type("S", (), {"projector_lanes": lanes, "kafka_instance_id": None})()
     p = Projector(settings, pool=None)  # type: ignore[arg-type]
     p._apply_lane = rec.apply  # type: ignore[method-assign]
     return p
