@@ -23,6 +23,7 @@ from aiohttp import web
 
 from qlara_events import __version__, logs
 from qlara_events.config import ConfigError, Settings, production_problems
+from qlara_events.dispatcher.ssrf import parse_networks
 from qlara_events.kafka import ensure_topics
 from qlara_events.logs import get_logger
 from qlara_events.sandbox import Behaviour, Sandbox
@@ -226,6 +227,22 @@ def cmd_accounts_credit(args: argparse.Namespace) -> None:
     print(orjson.dumps({"accountId": args.account, "credit": str(credit)}).decode())
 
 
+def cmd_accounts_allow_ip(args: argparse.Namespace) -> None:
+    """Show or change an account's IP allow-list (Qlara §1.2); print it as JSON after the change."""
+    settings = _settings(args)
+    try:
+        add = parse_networks(",".join(args.add))
+        remove = parse_networks(",".join(args.remove))
+    except ValueError as exc:
+        sys.exit(f"qlara-events accounts allow-ip: {exc}")
+    try:
+        networks = _on_db(settings, lambda conn: accounts.change_networks(conn, args.account, add, remove))
+    except accounts.UnknownAccount:
+        sys.exit(f"qlara-events accounts allow-ip: no account {args.account}")
+    sys.stdout.write(orjson.dumps({"accountId": args.account, "networks": [str(n) for n in networks]}).decode()
+                     + "\n")
+
+
 def cmd_users_create(args: argparse.Namespace) -> None:
     """Create an account user (an inbox assignee) and print it as JSON."""
     settings = _settings(args)
@@ -354,6 +371,14 @@ def parser() -> argparse.ArgumentParser:
     credit.add_argument("--account", required=True)
     credit.add_argument("--add", required=True, help="amount in QLARA_CURRENCY, e.g. 100.50")
     credit.set_defaults(func=cmd_accounts_credit)
+    allow = acc.add_parser(
+        "allow-ip", help="show or change the account's IP allow-list (none: any address)",
+        description="Requests with the account's keys from an address outside the list get 403. Example: "
+                    "qlara-events accounts allow-ip --account ACC --add 203.0.113.0/24 --remove 198.51.100.7")
+    allow.add_argument("--account", required=True)
+    allow.add_argument("--add", action="append", default=[], metavar="CIDR", help="an address or network to admit")
+    allow.add_argument("--remove", action="append", default=[], metavar="CIDR", help="an entry to take away")
+    allow.set_defaults(func=cmd_accounts_allow_ip)
 
     usr = sub.add_parser("users", help="manage account users").add_subparsers(dest="action", required=True)
     ucreate = usr.add_parser("create", help="create a user (assignable to inbox conversations)")

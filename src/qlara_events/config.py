@@ -196,6 +196,8 @@ class Settings:
     api_keys_per_account: int = 10
     #: Failed API-key lookups a client address may cause per minute, per api process (0: no throttle).
     auth_failures_per_minute: int = 60
+    #: Proxies whose X-Forwarded-For names the client (api/clientip.py): comma-separated CIDRs, none by default.
+    trusted_proxies: str = ""
     #: How often (ms) the api's key cache confirms its LISTEN connection; entries are served only while it
     #: answered within 3 x this (0: no key cache, every request looks its key up).
     key_cache_check_ms: int = 100
@@ -308,6 +310,7 @@ class Settings:
             rate_limit_plans=_plans(e, "QLARA_RATE_LIMIT_PLANS"),
             api_keys_per_account=_int(e, "QLARA_API_KEYS_PER_ACCOUNT", 10, 1, 10_000),
             auth_failures_per_minute=_int(e, "QLARA_AUTH_FAILURES_PER_MINUTE", 60, 0, 1_000_000),
+            trusted_proxies=opt("QLARA_TRUSTED_PROXIES") or "",
             key_cache_check_ms=_int(e, "QLARA_KEY_CACHE_CHECK_MS", 100, 0, 10_000),
             rate_limit_sync_ms=_int(e, "QLARA_RATE_LIMIT_SYNC_MS", 100, 0, 10_000),
             log_level=(opt("QLARA_LOG_LEVEL") or "info").lower(),

@@ -78,6 +78,92 @@ class TestApiKeys:
             assert r.status == 200, "another account revoked this key"
 
 
+class TestKeyOwners:
+    """A key may belong to a user of its account: ``userId`` at creation, the list filters on it, and every
+    entry names the owner and the plan its traffic is counted under."""
+
+    @staticmethod
+    async def user(db: asyncpg.Pool, account: Account, name: str) -> int:
+        return int(await db.fetchval("insert into users (account_id, name) values ($1, $2) returning user_id",
+                                     account.id, name))
+
+    async def create(self, http, server: LiveServer, account: Account, body: Any) -> tuple[int, Any]:
+        async with http.post(f"{server.url}{P}/authentication", headers=account.headers, json=body) as r:
+            return r.status, await r.json()
+
+    async def listed(self, http, server: LiveServer, account: Account, **query: str) -> tuple[int, Any]:
+        async with http.get(f"{server.url}{P}/authentication", headers=account.headers, params=query) as r:
+            return r.status, await r.json()
+
+    async def test_owner_filter_and_entry_fields(self, http, server: LiveServer, db: asyncpg.Pool,
+                                                 account: Account) -> None:
+        """Keys of two users and one without an owner: the filter returns each user's exactly; the entries carry
+        userId, username and trafficType, on creation, in the list and on lookup."""
+        ada, bob = await self.user(db, account, "Ada"), await self.user(db, account, "Bob")
+        status, a1 = await self.create(http, server, account, {"name": "a1", "userId": ada})
+        assert status == 201, a1
+        assert (a1["userId"], a1["username"], a1["trafficType"]) == (ada, "Ada", "PRODUCTION")
+        _, a2 = await self.create(http, server, account, {"name": "a2", "userId": ada})
+        _, b1 = await self.create(http, server, account, {"name": "b1", "userId": bob})
+        _, none = await self.create(http, server, account, {"name": "nobody's"})
+        assert (none["userId"], none["username"]) == (None, None)
+
+        status, everything = await self.listed(http, server, account)
+        assert status == 200
+        assert {k["id"] for k in everything} >= {a1["id"], a2["id"], b1["id"], none["id"]}
+        assert {k["id"]: k["username"] for k in everything if k["userId"]} == \
+            {a1["id"]: "Ada", a2["id"]: "Ada", b1["id"]: "Bob"}
+        _, of_ada = await self.listed(http, server, account, userId=str(ada))
+        assert [k["id"] for k in of_ada] == [a1["id"], a2["id"]]
+        _, of_bob = await self.listed(http, server, account, userId=str(bob))
+        assert [k["id"] for k in of_bob] == [b1["id"]]
+        _, of_stranger = await self.listed(http, server, account, userId=str(bob + 1000))
+        assert of_stranger == []
+        async with http.get(f"{server.url}{P}/authentication/{b1['apiKey']}", headers=account.headers) as r:
+            assert (await r.json())["username"] == "Bob"
+
+    async def test_trial_plan_is_the_traffic_type(self, http, server: LiveServer, db: asyncpg.Pool,
+                                                  account: Account) -> None:
+        """trafficType follows the account's plan."""
+        await db.execute("update accounts set plan = 'trial' where account_id = $1", account.id)
+        _, listed = await self.listed(http, server, account)
+        assert {k["trafficType"] for k in listed} == {"TRIAL"}
+
+    async def test_another_accounts_user_cannot_own_a_key(self, http, server: LiveServer, db: asyncpg.Pool,
+                                                          account: Account, other_account: Account) -> None:
+        """userId of another account's user (or of nobody) is a 404 naming it, and no key is made."""
+        theirs = await self.user(db, other_account, "Mallory")
+        before = await db.fetchval("select count(*) from api_keys")
+        for owner in (theirs, theirs + 1000):
+            status, body = await self.create(http, server, account, {"userId": owner})
+            assert status == 404 and body["message"] == f"userId {owner} is not a user of this account", body
+        assert await db.fetchval("select count(*) from api_keys") == before
+        _, of_theirs = await self.listed(http, server, other_account, userId=str(theirs))
+        assert of_theirs == []
+
+    @pytest.mark.parametrize("owner", ["x", 0, -1, 1.5, True, 2**63])
+    async def test_invalid_owner_in_body(self, http, server: LiveServer, account: Account, owner: Any) -> None:
+        """A userId that is not a positive 64-bit integer is a 400."""
+        status, body = await self.create(http, server, account, {"userId": owner})
+        assert status == 400 and body["message"].startswith("userId must be an integer"), body
+
+    @pytest.mark.parametrize("query", ["abc", "", "0", "1.5"])
+    async def test_invalid_owner_filter(self, http, server: LiveServer, account: Account, query: str) -> None:
+        """A userId filter that is not a positive integer is a 400, not an unfiltered list."""
+        status, body = await self.listed(http, server, account, userId=query)
+        assert status == 400 and "userId" in body["message"], body
+
+    async def test_deleting_the_user_keeps_the_key(self, http, server: LiveServer, db: asyncpg.Pool,
+                                                   account: Account) -> None:
+        """A key outlives its owner: it still authenticates, without an owner."""
+        ada = await self.user(db, account, "Ada")
+        _, key = await self.create(http, server, account, {"userId": ada})
+        await db.execute("delete from users where user_id = $1", ada)
+        async with http.get(f"{server.url}{P}/authentication", headers={"X-API-Key": key["apiKey"]}) as r:
+            assert r.status == 200
+            assert [(k["userId"], k["username"]) for k in await r.json() if k["id"] == key["id"]] == [(None, None)]
+
+
 class TestRateLimitHeaders:
     """Every authenticated response says where the caller stands."""
 

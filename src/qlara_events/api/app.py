@@ -13,11 +13,22 @@ import orjson
 from aiohttp import web
 
 from qlara_events.api import campaigns, contacts, exports, inbox, keys, media, socials, spec, status, webhooks
-from qlara_events.api.auth import KEYS, LIMITER, PLANS, POOL, PREFIX, THROTTLE, api_key_auth, rate_limit_headers
+from qlara_events.api.auth import (
+    KEYS,
+    LIMITER,
+    PLANS,
+    POOL,
+    PREFIX,
+    THROTTLE,
+    TRUSTED_PROXIES,
+    api_key_auth,
+    rate_limit_headers,
+)
 from qlara_events.api.shared import PUBLISHER, SIGNING_KEY, STORE
 from qlara_events.api.throttle import FailureThrottle
 from qlara_events.campaign_runner import CampaignRunner
 from qlara_events.config import Settings
+from qlara_events.dispatcher.ssrf import parse_networks
 from qlara_events.http import READINESS_CHECKS
 from qlara_events.ingress.publisher import Publisher
 from qlara_events.logs import get_logger
@@ -54,6 +65,7 @@ def setup(app: web.Application, settings: Settings) -> None:
     app.on_response_prepare.append(rate_limit_headers)
     app[PLANS] = dict(settings.rate_limit_plans)
     app[THROTTLE] = FailureThrottle(settings.auth_failures_per_minute)
+    app[TRUSTED_PROXIES] = parse_networks(settings.trusted_proxies)
     document = orjson.dumps(spec.build())
 
     async def openapi(_: web.Request) -> web.Response:

@@ -20,6 +20,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
+from qlara_events.api import clientip
 from qlara_events.api.throttle import FailureThrottle
 from qlara_events.errors import Forbidden, TooManyRequests, Unauthorized
 from qlara_events.http import Handler
@@ -38,6 +39,7 @@ PRINCIPAL: Final = web.RequestKey("principal", Principal)
 THROTTLE: Final = web.AppKey("auth_failure_throttle", FailureThrottle)
 KEYS: Final = web.AppKey("api_key_cache", KeyCache)
 LIMITER: Final = web.AppKey("rate_limiter", LocalLimiter)
+TRUSTED_PROXIES: Final = web.AppKey("trusted_proxies", tuple[clientip.IPNetwork, ...])
 _FROM_CACHE: Final = KEY_LOOKUPS.labels("cache")
 _FROM_DATABASE: Final = KEY_LOOKUPS.labels("database")
 
@@ -103,7 +105,9 @@ async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResp
     if len(raw) > 256:
         raise Unauthorized("invalid API key")
     throttle = request.app[THROTTLE]
-    address, digest, now = request.remote or "", hash_key(raw), time.time()
+    proxies: tuple[clientip.IPNetwork, ...] = request.app.get(TRUSTED_PROXIES, ())
+    client = clientip.client_address(request, proxies)
+    address, digest, now = str(client or ""), hash_key(raw), time.time()
     wait = throttle.retry_after(address, digest, now)
     if wait is not None:
         raise TooManyRequests(wait)  # too many invalid keys from this address: no database lookup
@@ -129,8 +133,12 @@ async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResp
         if limiter is not None:
             limiter.load(found.key_id, row, now)
     throttle.succeeded(digest, now)
-    request[PRINCIPAL] = found
     structlog.contextvars.bind_contextvars(account_id=found.account_id)
+    if not clientip.allowed(client, found.networks):
+        # Before the rate limit: a key used from elsewhere does not use up the account's own allowance.
+        raise Forbidden(f"requests from {client or 'an unknown address'} are not allowed for this account: "
+                        "the address is not on its IP allow-list")
+    request[PRINCIPAL] = found
     plans = request.app[PLANS]
     per_minute, burst = plans.get(found.plan, plans["production"])
     if limiter is not None:

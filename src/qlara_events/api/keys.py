@@ -1,5 +1,9 @@
 """API keys (Qlara §10): list, look up, create (shown once), revoke (immediate).
 
+A key may have an owner, a user of its account (``userId`` at creation, the list's ``userId`` filter); each
+entry carries the owner's ``username`` and the key's ``trafficType``, the rate-limit plan its requests are
+counted under (``PRODUCTION`` or ``TRIAL``, Qlara §1.3: limits apply per key, by the account's plan).
+
 Listing, looking up and revoking keys need an unrestricted key: a key limited to some channels could
 otherwise revoke the account's other keys. A restricted key may create keys only within its own channels.
 """
@@ -11,7 +15,9 @@ from typing import Any, Final
 import asyncpg
 from aiohttp import web
 
+from qlara_events.api import params
 from qlara_events.api.auth import KEYS, PREFIX, get_pool, principal, require_unrestricted
+from qlara_events.api.inbox import MAX_ID
 from qlara_events.config import Settings
 from qlara_events.domain.status import Channel
 from qlara_events.errors import BadRequest, Conflict, Forbidden, NotFound
@@ -30,16 +36,19 @@ def key_json(r: asyncpg.Record) -> dict[str, Any]:
         "description": r["description"],
         "prefix": r["key_prefix"],
         "operations": list(r["operations"]) if r["operations"] else None,
+        "userId": r["owner_user_id"],
+        "username": r["owner_name"],
+        "trafficType": r["plan"].upper(),
         "status": "ACTIVE",
         "createdAt": r["created_at"].isoformat().replace("+00:00", "Z"),
     }
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    """GET /authentication: the account's active keys (``userId`` is accepted and ignored: keys belong
-    to the account, not to a user)."""
+    """GET /authentication[?userId=]: the account's active keys, only that user's when ``userId`` is given."""
     require_unrestricted(request, "managing API keys")
-    rows = await accounts.list_keys(get_pool(request.app), principal(request).account_id)
+    owner = params.query_int(request.query, "userId", 0, 1, MAX_ID) if "userId" in request.query else None
+    rows = await accounts.list_keys(get_pool(request.app), principal(request).account_id, owner)
     return json_response([key_json(r) for r in rows])
 
 
@@ -79,10 +88,18 @@ async def create_key(request: web.Request) -> web.Response:
             ops = sorted(caller)
         elif not caller.issuperset(ops):
             raise Forbidden("operations must be a subset of this API key's: " + ", ".join(sorted(caller)))
+    owner = None
+    if body.get("userId") is not None:
+        owner = params.json_int(body["userId"], 1, MAX_ID)
+        if owner is None:
+            raise BadRequest(f"userId must be an integer between 1 and {MAX_ID}: the id of a user of the account")
     cap = request.app[SETTINGS].api_keys_per_account
-    created = await accounts.create_key_capped(
-        get_pool(request.app), principal(request).account_id, cap, name=_optional_text(body, "name", 200),
-        operations=ops, description=_optional_text(body, "description", 1000))
+    try:
+        created = await accounts.create_key_capped(
+            get_pool(request.app), principal(request).account_id, cap, name=_optional_text(body, "name", 200),
+            operations=ops, description=_optional_text(body, "description", 1000), owner=owner)
+    except accounts.UnknownOwner:
+        raise NotFound(f"userId {owner} is not a user of this account") from None
     if created is None:
         # Each key has its own rate limit: unlimited keys would mean an unlimited rate for the account.
         raise Conflict(f"the account already has {cap} active API keys, the most it may hold; revoke one first")

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import secrets
 import uuid
-from typing import Final
+from collections.abc import Sequence
+from typing import Final, TypeAlias
 
 import asyncpg
 
 from qlara_events.store.db import Conn
 
 KEY_PREFIX: Final = "qk_"
+
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -23,6 +27,8 @@ class Principal:
     key_id: str
     operations: frozenset[str] | None
     plan: str = "production"
+    #: The account's IP allow-list (migration 020); empty: any address.
+    networks: tuple[IPNetwork, ...] = ()
 
 
 def hash_key(raw: str) -> bytes:
@@ -51,26 +57,43 @@ async def create_key(conn: Conn | asyncpg.Pool, account_id: str, *, name: str | 
     return raw
 
 
+#: A key's metadata with its owner's name and the account's plan (the entry's ``trafficType``).
+SQL_KEYS: Final = """
+select k.key_id, k.key_prefix, k.name, k.description, k.operations, k.created_at, k.owner_user_id,
+       u.name as owner_name, a.plan
+from api_keys k join accounts a using (account_id) left join users u on u.user_id = k.owner_user_id
+"""
+
+
+class UnknownOwner(Exception):
+    """The owner named for a new key is not a user of the key's account."""
+
+
 async def create_key_row(conn: Conn | asyncpg.Pool, account_id: str, *, name: str | None = None,
-                         operations: list[str] | None = None,
-                         description: str | None = None) -> tuple[str, asyncpg.Record]:
-    """Create an API key; return the raw key (shown once, never stored) and its stored row."""
+                         operations: list[str] | None = None, description: str | None = None,
+                         owner: int | None = None) -> tuple[str, asyncpg.Record]:
+    """Create an API key; return the raw key (shown once, never stored) and its stored row.
+
+    ``owner`` must be a user of ``account_id`` (else :class:`UnknownOwner`): the insert only happens when it is.
+    """
     raw = new_key()
-    row = await conn.fetchrow(
-        "insert into api_keys (key_id, account_id, key_hash, key_prefix, name, operations, description)"
-        " values ($1, $2, $3, $4, $5, $6, $7) returning " + KEY_COLUMNS,
-        str(uuid.uuid4()), account_id, hash_key(raw), raw[:10], name, operations, description,
+    key_id = await conn.fetchval(
+        "insert into api_keys (key_id, account_id, key_hash, key_prefix, name, operations, description,"
+        " owner_user_id) select $1, $2, $3, $4, $5, $6, $7, $8::bigint"
+        " where $8::bigint is null or exists (select 1 from users where user_id = $8 and account_id = $2)"
+        " returning key_id",
+        str(uuid.uuid4()), account_id, hash_key(raw), raw[:10], name, operations, description, owner,
     )
+    if key_id is None:
+        raise UnknownOwner(owner)
+    row = await conn.fetchrow(SQL_KEYS + " where k.key_id = $1", key_id)
     assert row is not None
     return raw, row
 
 
-KEY_COLUMNS: Final = "key_id, key_prefix, name, description, operations, created_at"
-
-
 async def create_key_capped(pool: asyncpg.Pool, account_id: str, max_active: int, *, name: str | None = None,
-                            operations: list[str] | None = None,
-                            description: str | None = None) -> tuple[str, asyncpg.Record] | None:
+                            operations: list[str] | None = None, description: str | None = None,
+                            owner: int | None = None) -> tuple[str, asyncpg.Record] | None:
     """Create a key unless the account already has ``max_active`` active keys (then None).
 
     The account row is locked first, so concurrent creations cannot both pass the count.
@@ -81,21 +104,22 @@ async def create_key_capped(pool: asyncpg.Pool, account_id: str, max_active: int
                                      account_id)
         if active >= max_active:
             return None
-        return await create_key_row(conn, account_id, name=name, operations=operations, description=description)
+        return await create_key_row(conn, account_id, name=name, operations=operations, description=description,
+                                    owner=owner)
 
 
-async def list_keys(db: Conn | asyncpg.Pool, account_id: str) -> list[asyncpg.Record]:
-    """The account's active keys, oldest first (never their value: it is not stored)."""
+async def list_keys(db: Conn | asyncpg.Pool, account_id: str, owner: int | None = None) -> list[asyncpg.Record]:
+    """The account's active keys, oldest first, only ``owner``'s when given (never their value: it is not
+    stored)."""
     return list(await db.fetch(
-        f"select {KEY_COLUMNS} from api_keys where account_id = $1 and revoked_at is null order by created_at",
-        account_id))
+        SQL_KEYS + " where k.account_id = $1 and k.revoked_at is null"
+        " and ($2::bigint is null or k.owner_user_id = $2) order by k.created_at", account_id, owner))
 
 
 async def key_by_value(db: Conn | asyncpg.Pool, account_id: str, raw: str) -> asyncpg.Record | None:
     """An active key of the account by its raw value (looked up by digest)."""
-    return await db.fetchrow(
-        f"select {KEY_COLUMNS} from api_keys where account_id = $1 and key_hash = $2 and revoked_at is null",
-        account_id, hash_key(raw))
+    return await db.fetchrow(SQL_KEYS + " where k.account_id = $1 and k.key_hash = $2 and k.revoked_at is null",
+                             account_id, hash_key(raw))
 
 
 async def revoke(db: Conn | asyncpg.Pool, account_id: str, key_id: str) -> bool:
@@ -105,15 +129,19 @@ async def revoke(db: Conn | asyncpg.Pool, account_id: str, key_id: str) -> bool:
         " returning true", account_id, key_id) is True
 
 
-SQL_AUTH: Final = """
-select k.key_id, k.account_id, k.operations, a.plan from api_keys k join accounts a using (account_id)
+#: The account's allow-list, read with the key.
+_NETWORKS: Final = "(select array_agg(n.network) from account_networks n where n.account_id = k.account_id) networks"
+
+SQL_AUTH: Final = f"""
+select k.key_id, k.account_id, k.operations, a.plan, {_NETWORKS} from api_keys k join accounts a using (account_id)
 where k.key_hash = $1 and k.revoked_at is null
 """
 
 
 #: The key and its shared rate-limit windows (migration 014) in one read, for the api's request path.
-SQL_AUTH_WITH_WINDOWS: Final = """
-select k.key_id, k.account_id, k.operations, a.plan, w.s_start, w.s_prev, w.s_count, w.m_start, w.m_prev, w.m_count
+SQL_AUTH_WITH_WINDOWS: Final = f"""
+select k.key_id, k.account_id, k.operations, a.plan, {_NETWORKS},
+       w.s_start, w.s_prev, w.s_count, w.m_start, w.m_prev, w.m_count
 from api_keys k join accounts a using (account_id) left join rate_windows w using (key_id)
 where k.key_hash = $1 and k.revoked_at is null
 """
@@ -121,7 +149,8 @@ where k.key_hash = $1 and k.revoked_at is null
 
 def _principal(row: asyncpg.Record) -> Principal:
     ops = row["operations"]
-    return Principal(row["account_id"], row["key_id"], frozenset(ops) if ops else None, row["plan"])
+    return Principal(row["account_id"], row["key_id"], frozenset(ops) if ops else None, row["plan"],
+                     tuple(row["networks"] or ()))
 
 
 async def authenticate(conn: Conn | asyncpg.Pool, raw: str) -> Principal | None:
@@ -136,3 +165,27 @@ async def authenticate_with_windows(db: asyncpg.Pool,
     (None, None) when the key is unknown or revoked."""
     row = await db.fetchrow(SQL_AUTH_WITH_WINDOWS, digest)
     return (None, None) if row is None else (_principal(row), row)
+
+
+async def list_networks(db: Conn | asyncpg.Pool, account_id: str) -> list[IPNetwork]:
+    """The account's IP allow-list, in address order (empty: requests from any address)."""
+    return [r["network"] for r in await db.fetch(
+        "select network from account_networks where account_id = $1 order by network", account_id)]
+
+
+class UnknownAccount(Exception):
+    """No account has this id."""
+
+
+async def change_networks(conn: Conn, account_id: str, add: Sequence[IPNetwork],
+                          remove: Sequence[IPNetwork]) -> list[IPNetwork]:
+    """Add and remove networks of an account's allow-list in one transaction; return the list after it."""
+    async with conn.transaction():
+        if await conn.fetchval("select 1 from accounts where account_id = $1 for no key update",
+                               account_id) is None:
+            raise UnknownAccount(account_id)
+        await conn.execute("delete from account_networks where account_id = $1 and network = any($2::cidr[])",
+                           account_id, list(remove))
+        await conn.execute("insert into account_networks (account_id, network) select $1, unnest($2::cidr[])"
+                           " on conflict do nothing", account_id, list(add))
+        return await list_networks(conn, account_id)
