@@ -83,6 +83,18 @@ async def _wait_rows(url: str, n: int, within_s: float) -> int:
         await conn.close()
 
 
+async def _at_rest(url: str) -> None:
+    """Vacuumed, analysed and checkpointed, as a database that gathered these rows over hours would be: the
+    pre-submitted burst (about 190,000 messages in 20 s) otherwise starts autovacuum's insert-triggered first
+    pass over the fresh tables up to a minute later, during the measured steps (history_scale does the same)."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("vacuum (analyze)")
+        await conn.execute("checkpoint")
+    finally:
+        await conn.close()
+
+
 async def _whereabouts(url: str, mids: list[str]) -> list[dict[str, Any]]:
     """Where the pipeline left messages whose webhook did not arrive: status, and delivery row if any."""
     conn = await asyncpg.connect(url)
@@ -190,6 +202,7 @@ async def _make_run_phase(ctx: Context, recv: Receiver, owner: dict[str, str], p
         rows = await _wait_rows(ctx.database_url, len(pairs) + len(run_pairs), 300)
         if rows < len(pairs) + len(run_pairs):
             raise RuntimeError(f"make run shape: only {rows}/{len(pairs) + len(run_pairs)} submissions projected")
+        await _at_rest(ctx.database_url)
         pipe = Pipeline(ctx, recv, f"http://127.0.0.1:{RUN_PORT}", owner, {**sup, "receivers": [recv.pid]})
         at_light = await pipe.phase(*light)
         return {**await pipe.phase(mids, RATE, seconds, profile="run"), "light": at_light}
@@ -229,6 +242,7 @@ async def run(ctx: Context, shared: dict[str, Any]) -> dict[str, Any]:
             rows = await _wait_rows(ctx.database_url, len(pairs), 300)
             if rows < len(pairs):
                 raise RuntimeError(f"only {rows}/{len(pairs)} submissions projected")
+            await _at_rest(ctx.database_url)
             pipe = Pipeline(ctx, recv, f"http://127.0.0.1:{ingress.port}", owner,
                             {"ingress": [ingress.pid], "projector": [proj.pid], "dispatcher": [disp.pid],
                              "receivers": [recv.pid]})
@@ -257,7 +271,8 @@ async def run(ctx: Context, shared: dict[str, Any]) -> dict[str, Any]:
         "ratio": None, "target": TARGET, "met": met, **main, "highest_sustained_rate": best,
         "rising_steps": steps, "at_light_rate": at_light, "as_make_run": as_make_run, "duplicates": recv.duplicates,
         "bad_signatures": recv.bad_signatures, "verified": recv.verified, "endpoints": ENDPOINTS,
-        "method": "latency = webhook arrival - the receipt's scheduled send time; sustained = every scheduled "
+        "method": "the pre-submitted messages projected, the database vacuumed and checkpointed (at rest), then "
+                  "latency = webhook arrival - the receipt's scheduled send time; sustained = every scheduled "
                   "receipt accepted and its webhook arrived, p99 <= 250 ms, the last tenth's p50 <= 2x the first "
                   "tenth's; met = 1,000/s sustained (bench roles and make run's shape) and p50 <= 50 ms at the light "
                   "rate",

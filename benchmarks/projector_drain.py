@@ -19,6 +19,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 
 from benchmarks import baselines, events, profiling
 from benchmarks.common import BIN, KAFKA, Context, CpuMeter, progress, reset_database, role, shared_infra
@@ -58,8 +59,12 @@ async def produce(topic: str, total: int, account: str) -> float:
 
 
 async def lag(admin: AIOKafkaAdminClient, consumer_end: dict[TopicPartition, int], group: str) -> int:
-    """Records of the topic not yet committed by ``group``."""
-    committed = await admin.list_consumer_group_offsets(group)
+    """Records of the topic not yet committed by ``group``. A group that has just been created may have no
+    coordinator yet (the broker answers GroupCoordinatorNotAvailable for a moment): then nothing is committed."""
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+    except GroupCoordinatorNotAvailableError:
+        return sum(consumer_end.values())
     return sum(end - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)
                for tp, end in consumer_end.items())
 
