@@ -387,6 +387,21 @@ def machine(postgres: str, generator_cpu: int | None) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ CPU per event
 
 
+async def wal_position(url: str) -> int:
+    """The cluster's current WAL position in bytes (``pg_current_wal_lsn``): the difference of two readings is
+    what PostgreSQL wrote to its WAL in between, for every database of the cluster (issue #16 item 4)."""
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("select pg_current_wal_lsn() - '0/0'::pg_lsn"))
+    finally:
+        await conn.close()
+
+
+def with_wal(cpu: dict[str, Any], before: int, after: int) -> dict[str, Any]:
+    """``cpu`` (a :meth:`CpuMeter.stop` result) with the WAL bytes written per event between two readings."""
+    return {**cpu, "wal_bytes_per_event": round((after - before) / max(int(cpu.get("events") or 0), 1))}
+
+
 def process_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) a live process has used so far; 0 once it is gone."""
     raw = _read(f"/proc/{pid}/stat")

@@ -35,6 +35,8 @@ from benchmarks.common import (
     role,
     shared_infra,
     summarize_ms,
+    wal_position,
+    with_wal,
 )
 from benchmarks.receiver import Receiver
 from qlara_events.config import Settings, Topics
@@ -136,6 +138,7 @@ class Pipeline:
         before = {name: set(await self.recv.fetch(name)) for name in names}
         meter = CpuMeter({**self.pids, "bench": [os.getpid()], **shared_infra()}, children_as="vegeta")
         meter.start()
+        wal_before = await wal_position(self.ctx.database_url)
         async with contextlib.AsyncExitStack() as spies:
             # make run's children are named by their --role ("ingress,api" holds the ingress).
             targets_of = {r: next((pids[0] for name, pids in self.pids.items() if r in name.split(",")), None)
@@ -153,7 +156,7 @@ class Pipeline:
         complete = True
         for name in names:
             complete &= await self.recv.wait_count(name, wanted[name], max(deadline - time.monotonic(), 0.1))
-        cpu = meter.stop(step.ok)
+        cpu = with_wal(meter.stop(step.ok), wal_before, await wal_position(self.ctx.database_url))
         arrivals: dict[str, float] = {}
         for name in names:
             arrivals.update(await self.recv.fetch(name))
@@ -176,7 +179,8 @@ class Pipeline:
         growing = first is not None and last is not None and last > 2 * max(first, 5.0)
         progress(f"  webhooks: {len(lat)}/{len(accepted)} accepted ({n} scheduled), p50 {stats['p50_ms']} ms, "
                  f"p99 {stats['p99_ms']} ms, "
-                 f"first/last tenth p50 {first}/{last} ms; CPU-ms/1k {cpu['cpu_ms_per_1k']}")
+                 f"first/last tenth p50 {first}/{last} ms; CPU-ms/1k {cpu['cpu_ms_per_1k']}; "
+                 f"WAL {cpu['wal_bytes_per_event']:,} B per receipt")
         sustained = (complete and step.ok == step.sent and step.sent >= 0.99 * n and stats["p99_ms"] is not None
                      and stats["p99_ms"] <= P99_LIMIT_MS and not growing)
         return {**stats, "rate_per_s": rate, "seconds": seconds, "scheduled": n, "sent": step.sent,

@@ -22,7 +22,18 @@ from typing import Any
 import aiohttp
 
 from benchmarks import partners, profiling
-from benchmarks.common import PORTS, Context, CpuMeter, progress, reset_database, role, shared_infra, summarize_ms
+from benchmarks.common import (
+    PORTS,
+    Context,
+    CpuMeter,
+    progress,
+    reset_database,
+    role,
+    shared_infra,
+    summarize_ms,
+    wal_position,
+    with_wal,
+)
 from benchmarks.receiver import Receiver
 
 TARGET = ">= 3,000 deliveries/s; with a hanging neighbour the healthy endpoints keep >= 90 % of their deliveries/s"
@@ -97,11 +108,12 @@ async def run(ctx: Context, shared: dict[str, Any]) -> dict[str, Any]:
                                   **shared_infra()})
                 async with profiling.maybe(ctx, "fanout-dispatcher", disp.pid, 5.0) as prof:
                     meter.start()
+                    wal_before = await wal_position(ctx.database_url)
                     throughput, complete = await _burst(recv, producer, topic, records, targets, 180)
-                    cpu = meter.stop(burst_n)
+                    cpu = with_wal(meter.stop(burst_n), wal_before, await wal_position(ctx.database_url))
                 paths = await _intake_paths(disp.base)
                 progress(f"  burst: {throughput:.0f}/s, complete {complete}; CPU-ms/1k {cpu['cpu_ms_per_1k']}; "
-                         f"intake {paths}")
+                         f"WAL {cpu['wal_bytes_per_event']:,} B per delivery; intake {paths}")
 
                 iso: list[dict[str, Any]] = []
                 for pair in range(PAIRS):

@@ -22,7 +22,18 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 
 from benchmarks import baselines, events, profiling
-from benchmarks.common import BIN, KAFKA, Context, CpuMeter, progress, reset_database, role, shared_infra
+from benchmarks.common import (
+    BIN,
+    KAFKA,
+    Context,
+    CpuMeter,
+    progress,
+    reset_database,
+    role,
+    shared_infra,
+    wal_position,
+    with_wal,
+)
 
 TARGET = ">= 20,000 events/s"
 CHUNK = 10_000
@@ -81,12 +92,14 @@ async def end_offsets(topic: str) -> dict[TopicPartition, int]:
 
 
 async def drained(admin: AIOKafkaAdminClient, ends: dict[TopicPartition, int], group: str, total: int, cap_s: float,
-                  meter_of: Callable[[], CpuMeter], label: str) -> tuple[float, int, float, dict[str, Any] | None]:
+                  meter_of: Callable[[], CpuMeter], label: str,
+                  url: str) -> tuple[float, int, float, dict[str, Any] | None]:
     """Poll ``group``'s lag until 0 or ``cap_s``; (events/s from its first commit, records left, finish time,
     CPU per process from the first commit to the end). The meter is made at the first commit, when the
     consumer's database connections exist (shared_infra() finds backends connected at that moment)."""
     first: tuple[float, int] | None = None
     meter: CpuMeter | None = None
+    wal_before = 0
     remaining = total
     deadline = time.monotonic() + cap_s
     last_print = 0.0
@@ -97,6 +110,7 @@ async def drained(admin: AIOKafkaAdminClient, ends: dict[TopicPartition, int], g
             first = (t, remaining)
             meter = meter_of()
             meter.start()
+            wal_before = await wal_position(url)
         if remaining == 0:
             break
         if t - last_print > 10:
@@ -106,7 +120,7 @@ async def drained(admin: AIOKafkaAdminClient, ends: dict[TopicPartition, int], g
     finished = time.monotonic()
     if first is None or meter is None:
         return 0.0, remaining, finished, None
-    cpu = meter.stop(first[1] - remaining)
+    cpu = with_wal(meter.stop(first[1] - remaining), wal_before, await wal_position(url))
     return (first[1] - remaining) / max(finished - first[0], 1e-6), remaining, finished, cpu
 
 
@@ -121,7 +135,7 @@ async def minimal_baseline(ctx: Context, topic: str, total: int, cap_s: float, e
     try:
         rate, remaining, _, cpu = await drained(
             admin, ends, group, total, cap_s, lambda: CpuMeter({"minimal_consumer": [proc.pid], **shared_infra()}),
-            "baseline_minimal")
+            "baseline_minimal", ctx.database_url)
     finally:
         if proc.returncode is None:
             proc.terminate()
@@ -170,7 +184,7 @@ async def run(ctx: Context, shared: dict[str, Any]) -> dict[str, Any]:
                     as prof:
                 rate, remaining, finished, cpu = await drained(
                     admin, ends, group, total, cap_s, lambda: CpuMeter({"projector": [proj.pid], **shared_infra()}),
-                    "drain")
+                    "drain", ctx.database_url)
     finally:
         await admin.close()
     drained_n = total - remaining

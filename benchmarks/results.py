@@ -65,11 +65,14 @@ def markdown(results: Mapping[str, Any], json_name: str) -> str:
     if cpu_rows:
         lines += ["", "## CPU milliseconds per 1,000 events, per process", "",
                   "Read from /proc before the processes exit; `bound` is what the sum implies for this machine's "
-                  "cores were nothing else running.", ""]
+                  "cores were nothing else running. WAL: bytes PostgreSQL wrote to its WAL per event over the same "
+                  "interval (pg_current_wal_lsn before and after; the whole cluster).", ""]
         for name, cpu in cpu_rows:
             per = ", ".join(f"{k} {v:,.0f}" for k, v in cpu.get("cpu_ms_per_1k", {}).items())
+            wal = cpu.get("wal_bytes_per_event")
             lines.append(f"- `{name}` ({cpu.get('events'):,} events): {per}; sum {cpu.get('sum_ms_per_1k'):,.0f}, "
-                         f"bound {_fmt(cpu.get('bound_events_per_s'))} events/s")
+                         f"bound {_fmt(cpu.get('bound_events_per_s'))} events/s"
+                         + (f"; WAL {wal:,} bytes per event" if isinstance(wal, int) else ""))
     lines += ["", "## Machine", ""]
     for key in ("cpu_model", "cores", "memory_gb", "python", "kafka", "postgres", "os"):
         lines.append(f"- {key}: {m.get(key)}")

@@ -79,6 +79,18 @@ class TestResults:
         assert "java 1.5s" in md
 
 
+    def test_cpu_line_carries_wal_per_event_when_measured(self) -> None:
+        """A scenario whose CPU figures include WAL bytes per event shows them; one without does not."""
+        cpu = {"events": 1000, "cpu_ms_per_1k": {"projector": 53.0}, "sum_ms_per_1k": 53.0,
+               "bound_events_per_s": 37736}
+        md = markdown(_results(fanout={**_row(), "cpu": {**cpu, "wal_bytes_per_event": 2345}},
+                               ingest_single={**_row(), "cpu": cpu}), "x.json")
+        fanout_line = next(line for line in md.splitlines() if line.startswith("- `fanout`"))
+        single_line = next(line for line in md.splitlines() if line.startswith("- `ingest_single`"))
+        assert fanout_line.endswith("; WAL 2,345 bytes per event")
+        assert "WAL" not in single_line
+
+
 class TestMergePartial:
     """An ``--only`` run replaces its own scenarios in the day's file and keeps the others."""
 
