@@ -24,10 +24,10 @@ P = "/partner-gateway/v1"
 
 
 async def allow_ip(settings: Any, *args: str) -> tuple[int, dict[str, Any] | None, str]:
-    """Run the CLI; (exit code, its JSON or None, stderr)."""
+    """Run the CLI with --json; (exit code, its JSON or None, stderr)."""
     env = {**os.environ, "QLARA_DATABASE_URL": settings.database_url, "QLARA_LOG_LEVEL": "warning"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "qlara_events.cli", "accounts", "allow-ip", *args, env=env,
+        sys.executable, "-m", "qlara_events.cli", "accounts", "allow-ip", *args, "--json", env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode or 0, orjson.loads(out) if out.strip() else None, err.decode()

@@ -67,10 +67,10 @@ class TestCli:
     """The command line as the README shows it."""
 
     async def test_accounts_create_stores_only_a_hash(self, settings, db: asyncpg.Pool) -> None:
-        """`accounts create` prints one JSON object; the key is >= 32 bytes of entropy and stored hashed."""
+        """`accounts create --json` prints one JSON object; the key is >= 32 bytes of entropy and stored hashed."""
         env = {**os.environ, "QLARA_DATABASE_URL": settings.database_url}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "qlara_events.cli", "accounts", "create", "--name", "demo",
+            sys.executable, "-m", "qlara_events.cli", "accounts", "create", "--name", "demo", "--json",
             env=env, stdout=asyncio.subprocess.PIPE)
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0

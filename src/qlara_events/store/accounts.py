@@ -177,6 +177,26 @@ class UnknownAccount(Exception):
     """No account has this id."""
 
 
+#: An account with what an operator looks at first: its plan, its credit and how many active keys it has.
+SQL_ACCOUNTS: Final = """
+select a.account_id, a.name, a.plan, a.credit, a.created_at,
+       (select count(*) from api_keys k where k.account_id = a.account_id and k.revoked_at is null) as active_keys
+from accounts a
+"""
+
+
+async def list_accounts(db: Conn | asyncpg.Pool) -> list[asyncpg.Record]:
+    """Every account, oldest first (see :data:`SQL_ACCOUNTS`)."""
+    return list(await db.fetch(SQL_ACCOUNTS + " order by a.created_at, a.account_id"))
+
+
+async def require_account(db: Conn | asyncpg.Pool, account_id: str) -> None:
+    """Raise :class:`UnknownAccount` unless the account exists; inside a transaction its row then stays locked
+    against deletion until the end (``key share``: it blocks no update of the account's other columns)."""
+    if await db.fetchval("select 1 from accounts where account_id = $1 for key share", account_id) is None:
+        raise UnknownAccount(account_id)
+
+
 async def change_networks(conn: Conn, account_id: str, add: Sequence[IPNetwork],
                           remove: Sequence[IPNetwork]) -> list[IPNetwork]:
     """Add and remove networks of an account's allow-list in one transaction; return the list after it."""

@@ -84,6 +84,30 @@ async def create_user(db: Db, account_id: str, name: str, email: str | None) -> 
                                  account_id, name, email))
 
 
+# -------------------------------------------------------------------------- inbound addresses (senders)
+
+
+async def add_sender(db: Db, channel: str, address: str, account_id: str) -> None:
+    """Route inbound messages sent to ``address`` on ``channel`` to the account (from another, if routed)."""
+    await db.execute("insert into sender_addresses (channel, address, account_id) values ($1, $2, $3)"
+                     " on conflict (channel, address) do update set account_id = excluded.account_id",
+                     channel, address, account_id)
+
+
+async def list_senders(db: Db, account_id: str | None = None) -> list[asyncpg.Record]:
+    """The routed addresses by account, channel and address; only ``account_id``'s when given."""
+    return list(await db.fetch(
+        "select channel, address, account_id from sender_addresses where $1::text is null or account_id = $1"
+        " order by account_id, channel, address", account_id))
+
+
+async def remove_sender(db: Db, channel: str, address: str, account_id: str) -> bool:
+    """Stop routing ``address`` on ``channel`` to the account; False when it is not routed there. Messages it
+    already received stay the account's."""
+    return await db.fetchval("delete from sender_addresses where channel = $1 and address = $2 and account_id = $3"
+                             " returning true", channel, address, account_id) is True
+
+
 async def record_reply(conn: Conn, chat_id: int, message_id: str, text: str, message_type: str,
                        at: dt.datetime) -> int:
     """Store an outbound reply in the thread and make it the conversation's last message."""

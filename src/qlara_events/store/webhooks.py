@@ -390,6 +390,20 @@ async def recover(db: asyncpg.Pool, webhook_id: str, since: dt.datetime, until: 
         cursor = (last["created_at"], last["delivery_id"])
 
 
+async def delivery_counts(db: Db, webhook_id: str) -> dict[str, int]:
+    """How many of the webhook's deliveries wait for a first attempt, wait for a retry, are being attempted, or
+    are dead (the retrying and the dead are what :func:`recover` reschedules). Reads every delivery of the
+    webhook: a query for operators, not for a request path."""
+    row = await db.fetchrow(
+        "select count(*) filter (where state = 'scheduled' and attempts = 0) as waiting,"
+        " count(*) filter (where state = 'scheduled' and attempts > 0) as retrying,"
+        " count(*) filter (where state = 'in_flight') as in_flight,"
+        " count(*) filter (where state = 'dead') as dead"
+        " from webhook_deliveries where webhook_id = $1 and state in ('scheduled', 'in_flight', 'dead')", webhook_id)
+    assert row is not None
+    return {name: int(n) for name, n in row.items()}
+
+
 async def queue_stats(db: Db) -> dict[str, Any]:
     """Gauge values: deliveries waiting for a retry, dead-lettered, disabled webhooks."""
     row = await db.fetchrow(
