@@ -6,7 +6,7 @@ once and match the code that produces them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from qlara_events import __version__
 from qlara_events.api import (
@@ -231,6 +231,7 @@ def build() -> dict[str, Any]:
         paths.update(fragment.paths(p))
         schemas.update(fragment.schemas())
     _document_page_depth(paths)
+    _mark_extensions(paths, p)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -255,6 +256,39 @@ def build() -> dict[str, Any]:
             },
         },
     }
+
+
+#: The Qlara Platform API's own operations (../shared/reference/qlara-api.md, its 59 numbered endpoints; the RCS
+#: and WhatsApp status reads, whose paths the reference does not show, at the paths chosen in docs/api.md).
+#: Every other operation under the prefix is an extension of ours, marked ``x-qlara-extension: true``.
+CONTRACT_OPERATIONS: Final = frozenset({
+    "getMessageStatus", "getMessageStatuses", "getRcsMessageStatus", "getWhatsAppMessageStatus",
+    "getWebhook", "createWebhook", "replaceWebhook", "deleteWebhook",
+    "searchContacts", "createContact", "getContact", "updateContact", "deleteContacts", "uploadContacts",
+    "uploadContactsVcard", "createContactList", "findContactLists", "deleteContactLists", "listContactsOfList",
+    "addContactsToLists", "removeContactsFromLists", "deleteContactListMembership",
+    "createCampaign", "getCampaign", "updateCampaign", "deleteCampaign", "calculateCampaignGoal",
+    "getCampaignPrice", "confirmCampaign", "getCampaignsStats", "listCampaigns", "getCampaignStats",
+    "getMessageHistory", "exportMessageHistory", "exportContacts", "exportDeliveryReports", "listExports",
+    "getExportLink", "regenerateExport",
+    "listConversations", "getConversation", "getConversationMessages", "replyToConversation",
+    "markConversationRead", "archiveConversation", "unarchiveConversation", "assignConversation",
+    "unassignConversation", "listAssignableUsers",
+    "uploadMedia", "listMedia", "getMedia", "deleteMedia", "listSocialProfiles", "getSocialProfiles",
+    "listApiKeys", "getApiKeyByValue", "createApiKey", "revokeApiKey",
+})
+
+
+def _mark_extensions(paths: dict[str, Any], prefix: str) -> None:
+    for path, item in paths.items():
+        if not path.startswith(prefix + "/"):
+            continue
+        for method, op in item.items():
+            if method in _METHODS and op.get("operationId") not in CONTRACT_OPERATIONS:
+                op["x-qlara-extension"] = True
+
+
+_METHODS: Final = frozenset({"get", "put", "post", "delete", "patch"})
 
 
 def _webhook_schemas(ts: dict[str, Any]) -> dict[str, Any]:
