@@ -26,7 +26,7 @@ from qlara_events.errors import Forbidden, TooManyRequests, Unauthorized
 from qlara_events.http import Handler
 from qlara_events.metrics import KEY_LOOKUPS
 from qlara_events.store import ratelimit
-from qlara_events.store.accounts import Principal, authenticate_with_windows, hash_key
+from qlara_events.store.accounts import IPNetwork, Principal, authenticate_with_windows, hash_key
 from qlara_events.store.keycache import KeyCache
 from qlara_events.store.ratesync import LocalLimiter
 
@@ -39,7 +39,7 @@ PRINCIPAL: Final = web.RequestKey("principal", Principal)
 THROTTLE: Final = web.AppKey("auth_failure_throttle", FailureThrottle)
 KEYS: Final = web.AppKey("api_key_cache", KeyCache)
 LIMITER: Final = web.AppKey("rate_limiter", LocalLimiter)
-TRUSTED_PROXIES: Final = web.AppKey("trusted_proxies", tuple[clientip.IPNetwork, ...])
+TRUSTED_PROXIES: Final = web.AppKey("trusted_proxies", tuple[IPNetwork, ...])
 _FROM_CACHE: Final = KEY_LOOKUPS.labels("cache")
 _FROM_DATABASE: Final = KEY_LOOKUPS.labels("database")
 
@@ -105,7 +105,7 @@ async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResp
     if len(raw) > 256:
         raise Unauthorized("invalid API key")
     throttle = request.app[THROTTLE]
-    proxies: tuple[clientip.IPNetwork, ...] = request.app.get(TRUSTED_PROXIES, ())
+    proxies: tuple[IPNetwork, ...] = request.app.get(TRUSTED_PROXIES, ())
     client = clientip.client_address(request, proxies)
     address, digest, now = str(client or ""), hash_key(raw), time.time()
     wait = throttle.retry_after(address, digest, now)

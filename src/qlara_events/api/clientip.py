@@ -16,8 +16,9 @@ from typing import TypeAlias
 
 from aiohttp import web
 
+from qlara_events.store.accounts import IPNetwork
+
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def parse_address(raw: str) -> IPAddress | None:
@@ -36,19 +37,19 @@ def parse_address(raw: str) -> IPAddress | None:
     return address
 
 
-def _trusted(address: IPAddress, proxies: Sequence[IPNetwork]) -> bool:
-    return any(address.version == n.version and address in n for n in proxies)
+def _within(address: IPAddress, networks: Sequence[IPNetwork]) -> bool:
+    return any(address.version == n.version and address in n for n in networks)
 
 
 def client_address(request: web.Request, proxies: Sequence[IPNetwork]) -> IPAddress | None:
     """The request's client: the peer, or behind trusted ``proxies`` the right-most untrusted forwarded hop."""
     peer = parse_address(request.remote) if request.remote else None  # -- the socket's peer (aiohttp)
-    if peer is None or not proxies or not _trusted(peer, proxies):
+    if peer is None or not proxies or not _within(peer, proxies):
         return peer
     hops = [h for line in request.headers.getall("X-Forwarded-For", ()) for h in line.split(",")]
     address = peer
     for hop in reversed(hops):
-        if not _trusted(address, proxies):
+        if not _within(address, proxies):
             break
         parsed = parse_address(hop)
         if parsed is None:
@@ -59,6 +60,4 @@ def client_address(request: web.Request, proxies: Sequence[IPNetwork]) -> IPAddr
 
 def allowed(address: IPAddress | None, networks: Sequence[IPNetwork]) -> bool:
     """Whether an account with the allow-list ``networks`` (empty: no restriction) admits ``address``."""
-    if not networks:
-        return True
-    return address is not None and any(address.version == n.version and address in n for n in networks)
+    return not networks or (address is not None and _within(address, networks))

@@ -201,9 +201,7 @@ async def change_networks(conn: Conn, account_id: str, add: Sequence[IPNetwork],
                           remove: Sequence[IPNetwork]) -> list[IPNetwork]:
     """Add and remove networks of an account's allow-list in one transaction; return the list after it."""
     async with conn.transaction():
-        if await conn.fetchval("select 1 from accounts where account_id = $1 for no key update",
-                               account_id) is None:
-            raise UnknownAccount(account_id)
+        await require_account(conn, account_id)
         await conn.execute("delete from account_networks where account_id = $1 and network = any($2::cidr[])",
                            account_id, list(remove))
         await conn.execute("insert into account_networks (account_id, network) select $1, unnest($2::cidr[])"
